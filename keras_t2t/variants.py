@@ -1,0 +1,185 @@
+"""The T2T-ViT family: one table of configurations, one builder per row.
+
+``VARIANTS`` is the single source of truth: the builders, ``create_model``,
+variant detection and the README's table all come from it.
+"""
+
+import math
+import os
+
+from keras_t2t.model import T2TViT, t2t_grid, validate_stages
+from keras_t2t.layers import DEFAULT_T2T_STAGES
+
+# name -> architecture (the reference's model builders, spec section 8).
+VARIANTS = {
+    "t2t_vit_7": dict(t2t_type="performer", embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0),
+    "t2t_vit_10": dict(t2t_type="performer", embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.0),
+    "t2t_vit_12": dict(t2t_type="performer", embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0),
+    "t2t_vit_14": dict(t2t_type="performer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
+    "t2t_vit_19": dict(t2t_type="performer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
+    "t2t_vit_24": dict(t2t_type="performer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
+    "t2t_vit_t_14": dict(t2t_type="transformer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
+    "t2t_vit_t_19": dict(t2t_type="transformer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
+    "t2t_vit_t_24": dict(t2t_type="transformer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
+    "t2t_vit_14_resnext": dict(t2t_type="performer", embed_dim=384, depth=14, num_heads=32, mlp_ratio=3.0),
+    "t2t_vit_14_wide": dict(t2t_type="performer", embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.0),
+}
+
+# The authors' released ImageNet-1k checkpoints (reported top-1, image size, file name).
+RELEASED_WEIGHTS = {
+    "t2t_vit_7": [(71.7, 224, "71.7_T2T_ViT_7.pth.tar")],
+    "t2t_vit_10": [(75.2, 224, "75.2_T2T_ViT_10.pth.tar")],
+    "t2t_vit_12": [(76.5, 224, "76.5_T2T_ViT_12.pth.tar")],
+    "t2t_vit_14": [(81.5, 224, "81.5_T2T_ViT_14.pth.tar"), (83.3, 384, "83.3_T2T_ViT_14.pth.tar")],
+    "t2t_vit_19": [(81.9, 224, "81.9_T2T_ViT_19.pth.tar")],
+    "t2t_vit_24": [(82.3, 224, "82.3_T2T_ViT_24.pth.tar")],
+    "t2t_vit_t_14": [(81.7, 224, "81.7_T2T_ViTt_14.pth.tar")],
+    "t2t_vit_t_19": [(82.4, 224, "82.4_T2T_ViTt_19.pth.tar")],
+    "t2t_vit_t_24": [(82.6, 224, "82.6_T2T_ViTt_24.pth.tar")],
+}
+
+
+def _unknown_variant(name):
+    return ValueError(f"Unknown T2T-ViT variant {name!r}; accepted: {', '.join(VARIANTS)}.")
+
+
+def _image_size_for_grid(grid, stages, channels):
+    """The smallest square image whose T2T grid is ``grid`` (e.g. 14 -> 224, 24 -> 384)."""
+    for size in range(1, 64 * grid[0] + 64):
+        try:
+            if t2t_grid((size, size), stages) == tuple(grid):
+                # The largest such size is the one the strides divide exactly (224, not 221).
+                while t2t_grid((size + 1, size + 1), stages) == tuple(grid):
+                    size += 1
+                return (size, size, channels)
+        except ValueError:
+            continue
+    return None
+
+
+def build_variant(
+    variant,
+    include_top=True,
+    weights=None,
+    input_shape=None,
+    pooling="token",
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+    checkpoint_entry=None,
+    verbose=True,
+    **kwargs,
+):
+    """Builds ``variant`` with the ``keras.applications`` keywords; ``kwargs`` override the table."""
+    if variant not in VARIANTS:
+        raise _unknown_variant(variant)
+    config = dict(VARIANTS[variant])
+    config.update(kwargs)
+    state = None
+    if weights is not None:
+        weights = _check_weights_argument(weights, variant)
+        from keras_t2t import weights as weight_io
+
+        if not (os.fspath(weights).endswith(".h5")):
+            state, _ = weight_io.read_state_dict(weights, which=checkpoint_entry)
+            if input_shape is None and "pos_embed" in state:
+                # Build at the resolution the weights were trained at (the 384 checkpoint).
+                stages = validate_stages(config.get("t2t_stages", DEFAULT_T2T_STAGES))
+                tokens = state["pos_embed"].shape[1] - 1
+                side = math.isqrt(tokens)
+                if side * side == tokens:
+                    input_shape = _image_size_for_grid((side, side), stages, 3)
+    model = T2TViT(
+        input_shape=input_shape,
+        include_top=include_top,
+        classes=classes,
+        pooling=pooling,
+        classifier_activation=classifier_activation,
+        name=name or variant,
+        **config,
+    )
+    if weights is not None:
+        from keras_t2t import weights as weight_io
+
+        if state is None:
+            report = weight_io.load_weights(model, weights)
+        else:
+            report = weight_io.load_state_dict(model, state)
+        model.weights_report = report
+        if verbose and (report.get("head_dropped") or report.get("pos_embed_resized")):
+            print(f"keras_t2t: {variant} from {os.fspath(weights)}: {report}")
+    return model
+
+
+def _check_weights_argument(weights, variant):
+    if isinstance(weights, str) and weights.lower() in ("imagenet", "imagenet1k"):
+        files = RELEASED_WEIGHTS.get(variant)
+        hint = (
+            f" The authors released {', '.join(f[2] for f in files)} for {variant}."
+            if files
+            else f" The authors released no weights for {variant}."
+        )
+        raise ValueError(
+            "weights='imagenet' would need a download, which keras_t2t never does. Download the authors' "
+            "checkpoint from the releases of github.com/yitu-opensource/T2T-ViT and pass its path, e.g. "
+            f"weights='/path/to/file.pth.tar'.{hint}"
+        )
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be None or a path to a '.pth.tar'/'.pth', '.keras' or '.weights.h5' file; "
+            f"got {weights!r}."
+        )
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+    return weights
+
+
+def _make_builder(variant):
+    spec = VARIANTS[variant]
+
+    def builder(
+        include_top=True,
+        weights=None,
+        input_shape=None,
+        pooling="token",
+        classes=1000,
+        classifier_activation="softmax",
+        name=None,
+        **kwargs,
+    ):
+        return build_variant(
+            variant,
+            include_top=include_top,
+            weights=weights,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            name=name,
+            **kwargs,
+        )
+
+    builder.__name__ = builder.__qualname__ = variant
+    builder.__doc__ = (
+        f"T2T-ViT variant ``{variant}``: {spec['t2t_type']} T2T layers, embed_dim {spec['embed_dim']}, "
+        f"depth {spec['depth']}, {spec['num_heads']} heads, mlp_ratio {spec['mlp_ratio']:g}.\n\n"
+        "Args: the keras.applications keywords (include_top, weights, input_shape, pooling, classes,\n"
+        "classifier_activation, name). ``weights`` is None or a path to an authors' checkpoint\n"
+        "('.pth.tar'), a '.keras' file or a '.weights.h5' file. Other keywords (drop_path_rate,\n"
+        "qk_scale, dtype, ...) go to ``keras_t2t.T2TViT``."
+    )
+    return builder
+
+
+BUILDERS = {variant: _make_builder(variant) for variant in VARIANTS}
+
+
+def create_model(variant, **kwargs):
+    """Builds a variant by name, e.g. ``create_model("t2t_vit_14", classes=10)``."""
+    if variant not in BUILDERS:
+        raise _unknown_variant(variant)
+    return BUILDERS[variant](**kwargs)
+
+
+def list_variants():
+    return list(VARIANTS)

@@ -1,0 +1,331 @@
+"""Moving weights between T2T-ViT models and the authors' checkpoint layout.
+
+All renaming between this package's variables and the authors' PyTorch keys
+lives in ``torch_key`` (one rule table); all layout changes (transposes, the
+position-table resize, dropping a head) live in ``checkpoint_filter_fn``.
+Everything else goes through the reference's state-dict layout, so a
+``.keras`` file, a ``.weights.h5`` file and an authors' ``.pth.tar`` load the
+same way.
+"""
+
+import math
+import os
+import re
+
+import keras
+import numpy as np
+
+# Variable-path suffix -> (torch suffix, needs transpose).
+_LEAF_RULES = {
+    "kernel": ("weight", True),
+    "bias": ("bias", False),
+    "gamma": ("weight", False),
+    "beta": ("bias", False),
+}
+# Names whose torch spelling differs from ours, per T2T layer type.
+_T2T_RENAMES = {
+    "performer": {"mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"},
+    "transformer": {"qkv": "attn.qkv", "proj": "attn.proj"},
+}
+CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
+
+
+def torch_key(path, t2t_type):
+    """The authors' state-dict key of one of this package's variables, and whether to transpose.
+
+    ``tokens_to_token/attention1/kqv/kernel`` -> (``tokens_to_token.attention1.kqv.weight``, True).
+    """
+    parts = path.split("/")
+    if parts[0] == "cls_token":
+        return "cls_token", False
+    if parts[0] == "pos_embed":
+        return "pos_embed", False
+    leaf = parts[-1]
+    body = ".".join(parts[:-1])
+    body = re.sub(r"^blocks_(\d+)", r"blocks.\1", body)
+    if leaf == "w":
+        return f"{body}.w", False
+    if leaf not in _LEAF_RULES:
+        raise ValueError(f"No checkpoint name is known for the variable {path!r}.")
+    match = re.match(r"^(tokens_to_token\.attention\d+)\.(.+)$", body)
+    if match:
+        inner = _T2T_RENAMES[t2t_type].get(match.group(2), match.group(2))
+        body = f"{match.group(1)}.{inner}"
+    suffix, transpose = _LEAF_RULES[leaf]
+    return f"{body}.{suffix}", transpose
+
+
+def _t2t_type(model):
+    t2t_type = getattr(model, "t2t_type", None)
+    if t2t_type is None:
+        raise ValueError(f"{type(model).__name__} is not a T2T-ViT model (it has no t2t_type).")
+    return t2t_type
+
+
+def variable_map(model):
+    """{authors' key: (variable, transpose)} for every weight of ``model``."""
+    mapping = {}
+    t2t_type = _t2t_type(model)
+    for variable in model.weights:
+        key, transpose = torch_key(variable.path, t2t_type)
+        if key in mapping:
+            raise ValueError(f"Two variables map to the checkpoint key {key!r}: {variable.path!r}.")
+        mapping[key] = (variable, transpose)
+    return mapping
+
+
+def model_state_dict(model):
+    """This model's weights as the authors' state dict (PyTorch names and layouts, NumPy arrays)."""
+    state = {}
+    for key, (variable, transpose) in variable_map(model).items():
+        value = keras.ops.convert_to_numpy(variable)
+        state[key] = value.T if transpose else value
+    return state
+
+
+def _cubic_matrix(size_in, size_out, a=-0.75):
+    """The (size_out, size_in) matrix of torch's bicubic interpolation (align_corners=False)."""
+
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+        if x < 2:
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return 0.0
+
+    matrix = np.zeros((size_out, size_in), dtype=np.float64)
+    scale = size_in / size_out
+    for o in range(size_out):
+        source = (o + 0.5) * scale - 0.5
+        base = math.floor(source)
+        t = source - base
+        for offset in range(-1, 3):
+            index = min(max(base + offset, 0), size_in - 1)
+            matrix[o, index] += kernel(offset - t)
+    return matrix
+
+
+def resize_pos_embed(pos_embed, new_grid, old_grid=None):
+    """Resize a (1, 1 + gh*gw, D) position table to ``new_grid`` = (rows, cols).
+
+    As the reference does (spec section 6): the class row is kept, the grid rows
+    are resized bicubically (PyTorch's ``F.interpolate(mode="bicubic")``).
+    ``old_grid`` defaults to the square grid the table implies.
+    """
+    pos_embed = np.asarray(pos_embed)
+    cls_row, grid_rows = pos_embed[:, :1], pos_embed[0, 1:]
+    if old_grid is None:
+        side = math.isqrt(len(grid_rows))
+        if side * side != len(grid_rows):
+            raise ValueError(
+                f"A position table with {len(grid_rows)} grid rows is not square; pass old_grid=(rows, cols)."
+            )
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != len(grid_rows):
+        raise ValueError(f"old_grid {old_grid} does not hold the table's {len(grid_rows)} grid rows.")
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    grid = grid_rows.reshape(old_grid[0], old_grid[1], -1).astype(np.float64)
+    rows = _cubic_matrix(old_grid[0], new_grid[0])
+    cols = _cubic_matrix(old_grid[1], new_grid[1])
+    resized = np.einsum("ph,hwd,qw->pqd", rows, grid, cols).reshape(1, -1, grid.shape[-1])
+    return np.concatenate([cls_row, resized.astype(pos_embed.dtype)], axis=1)
+
+
+class WeightLoadReport(dict):
+    """What a load did: keys loaded, the head dropped or not, the table resized or not."""
+
+    def __str__(self):
+        lines = [f"loaded {self['loaded']} tensors"]
+        if self.get("head_dropped"):
+            lines.append(f"head not loaded ({self['head_dropped']})")
+        if self.get("pos_embed_resized"):
+            old, new = self["pos_embed_resized"]
+            lines.append(f"position table resized from a {old[0]}x{old[1]} to a {new[0]}x{new[1]} grid")
+        return "; ".join(lines)
+
+
+def checkpoint_filter_fn(state_dict, model):
+    """The authors' state dict -> {variable path: array in this model's layout}.
+
+    A pure function: transposes Linear weights, resizes the position table to
+    the model's grid, and leaves out the head when the model has none or has
+    another number of classes. Anything else that does not fit is an error
+    naming the keys.
+    """
+    mapping = variable_map(model)
+    state = {key[len("module.") :] if key.startswith("module.") else key: value for key, value in state_dict.items()}
+    report = WeightLoadReport(loaded=0, head_dropped=None, pos_embed_resized=None)
+    head_keys = {k for k in state if k.startswith("head.")}
+    head_fits = all(
+        k in mapping and tuple(np.shape(state[k])[::-1] if mapping[k][1] else np.shape(state[k]))
+        == tuple(mapping[k][0].shape)
+        for k in head_keys
+    )
+    if head_keys and not head_fits:
+        if getattr(model, "include_top", False):
+            shape = np.shape(state.get("head.weight", ()))
+            report["head_dropped"] = (
+                f"the checkpoint has {shape[0] if shape else '?'} classes, the model {model.classes}; "
+                "the new head keeps its fresh initialisation"
+            )
+        else:
+            report["head_dropped"] = "the model has no head"
+        state = {k: v for k, v in state.items() if k not in head_keys}
+
+    missing = sorted(k for k in mapping if k not in state and not (k.startswith("head.") and head_keys == set()))
+    if any(k.startswith("head.") for k in missing) and not head_keys:
+        report["head_dropped"] = "the checkpoint has no head"
+        missing = [k for k in missing if not k.startswith("head.")]
+    unexpected = sorted(k for k in state if k not in mapping)
+    if missing or unexpected:
+        raise ValueError(
+            "The weights do not fit this model "
+            f"({_describe(model)}). Missing from the weights: {_few(missing)}. "
+            f"Not in the model: {_few(unexpected)}. Check the variant (or let keras_t2t.detect_variant "
+            "pick it from the checkpoint)."
+        )
+
+    out = {}
+    for key, (variable, transpose) in mapping.items():
+        if key not in state:
+            continue
+        value = np.asarray(state[key])
+        if key == "pos_embed" and value.shape != tuple(variable.shape):
+            if value.ndim != 3 or value.shape[-1] != variable.shape[-1]:
+                raise ValueError(
+                    f"pos_embed has shape {value.shape}; the model needs (1, N, {variable.shape[-1]})."
+                )
+            old_grid = _grid_of(value.shape[1] - 1, model)
+            value = resize_pos_embed(value, model.grid_size, old_grid)
+            report["pos_embed_resized"] = (old_grid, tuple(model.grid_size))
+        if transpose:
+            value = value.T
+        if value.shape != tuple(variable.shape):
+            raise ValueError(
+                f"{key} has shape {np.shape(state[key])} in the weights; the model "
+                f"({_describe(model)}) needs {tuple(variable.shape)[::-1] if transpose else tuple(variable.shape)}."
+            )
+        out[variable.path] = value
+        report["loaded"] += 1
+    return out, report
+
+
+def _grid_of(num_tokens, model):
+    side = math.isqrt(num_tokens)
+    if side * side == num_tokens:
+        return side, side
+    raise ValueError(
+        f"The weights' position table has {num_tokens} grid rows, which is not a square grid, and the "
+        f"model's grid is {model.grid_size[0]}x{model.grid_size[1]}; build the model at the size the "
+        "weights were trained at."
+    )
+
+
+def _few(keys, limit=6):
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _describe(model):
+    h, w, _ = model.image_shape
+    return (
+        f"{model.t2t_type} T2T, embed_dim {model.embed_dim}, depth {model.depth}, "
+        f"{h}x{w} input"
+    )
+
+
+def load_state_dict(model, state_dict):
+    """Assigns the authors' state dict to ``model`` (all checks first, then every assignment)."""
+    values, report = checkpoint_filter_fn(state_dict, model)
+    for variable in model.weights:
+        if variable.path in values:
+            variable.assign(values[variable.path].astype(variable.dtype))
+    return report
+
+
+def is_checkpoint_path(path):
+    name = os.fspath(path).lower()
+    return name.endswith(CHECKPOINT_SUFFIXES)
+
+
+def read_state_dict(path, prefer_ema=True, which=None):
+    """Any supported weights file -> (authors' state dict, info dict).
+
+    ``*.pth`` / ``*.pth.tar``: the authors' checkpoints (read safely, no code runs);
+    ``*.keras``: a saved T2T-ViT model; ``*.weights.h5``: needs a model, see ``load_weights``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights file {path!r} does not exist.")
+    if path.endswith(".keras"):
+        source = keras.saving.load_model(path, compile=False)
+        if getattr(source, "t2t_type", None) is None:
+            raise ValueError(f"{path!r} holds a {type(source).__name__}, not a keras_t2t.T2TViT model.")
+        return model_state_dict(source), {"source_key": "keras", "config": source.get_config()}
+    if is_checkpoint_path(path):
+        from keras_t2t.torch_checkpoint import load_state_dict_file
+
+        return load_state_dict_file(path, prefer_ema=prefer_ema, which=which)
+    raise ValueError(
+        f"Cannot read weights from {path!r}: accepted are the authors' checkpoints "
+        f"({', '.join(CHECKPOINT_SUFFIXES)}), a '.keras' model file, or a '.weights.h5' file."
+    )
+
+
+def _h5_dataset_shapes(path):
+    import h5py
+
+    shapes = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, obj: shapes.__setitem__(name, obj.shape) if hasattr(obj, "shape") else None)
+    except OSError as error:
+        raise ValueError(f"{path!r} is not a readable Keras '.weights.h5' file: {error}") from error
+    return shapes
+
+
+def _twin_for_h5(model, path):
+    """A model of ``model``'s config at the image size and class count the h5 file was saved with."""
+    from keras_t2t.model import t2t_grid
+
+    shapes = _h5_dataset_shapes(path)
+    pos = [s for name, s in shapes.items() if "pos_embed" in name and len(s) == 3]
+    if not pos:
+        raise ValueError(f"{path!r} holds no T2T-ViT position table; is it a keras_t2t weights file?")
+    config = model.get_config()
+    num_tokens = pos[0][1] - 1
+    if num_tokens != model.num_tokens:
+        old = _grid_of(num_tokens, model)
+        size = next(
+            (h for h in range(1, 64 * old[0] + 64) if t2t_grid((h, h), model.t2t_stages) == old),
+            None,
+        )
+        if size is None:
+            raise ValueError(f"No image size gives the {old[0]}x{old[1]} grid of {path!r}.")
+        config["input_shape"] = [size, size, model.image_shape[2]]
+    heads = [s for name, s in shapes.items() if re.search(r"(^|/)head/", name) and len(s) == 2]
+    config["include_top"] = bool(heads)
+    if heads:
+        config["classes"] = int(heads[0][1])
+    config.pop("name", None)
+    return type(model).from_config(config)
+
+
+def load_weights(model, path, prefer_ema=True, which=None):
+    """Loads any supported weights file into ``model``, adapting the position table and head.
+
+    Returns a ``WeightLoadReport``. Nothing is assigned unless every check passes.
+    """
+    path = os.fspath(path)
+    if path.endswith(".weights.h5") or path.endswith(".h5"):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Weights file {path!r} does not exist.")
+        twin = _twin_for_h5(model, path)
+        twin.load_weights(path)
+        return load_state_dict(model, model_state_dict(twin))
+    state, _ = read_state_dict(path, prefer_ema=prefer_ema, which=which)
+    return load_state_dict(model, state)
