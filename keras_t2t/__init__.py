@@ -18,7 +18,14 @@ from keras_t2t.layers import (
 )
 from keras_t2t.model import T2TViT
 from keras_t2t.preprocessing import preprocess_input
-from keras_t2t.variants import RELEASED_WEIGHTS, VARIANTS, create_model, list_variants
+from keras_t2t.variants import (
+    RELEASED_WEIGHTS,
+    VARIANTS,
+    create_model,
+    detect_variant,
+    from_checkpoint,
+    list_variants,
+)
 from keras_t2t.variants import BUILDERS as _BUILDERS
 from keras_t2t.weights import load_weights, model_state_dict, resize_pos_embed
 

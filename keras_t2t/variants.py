@@ -183,3 +183,93 @@ def create_model(variant, **kwargs):
 
 def list_variants():
     return list(VARIANTS)
+
+
+def _signature(state_dict):
+    """What the tensors' shapes say about the architecture (head count aside: shapes cannot tell)."""
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    if "tokens_to_token.attention1.w" in state:
+        t2t_type = "performer"
+    elif "tokens_to_token.attention1.attn.qkv.weight" in state:
+        t2t_type = "transformer"
+    else:
+        raise ValueError(
+            "These weights are not a T2T-ViT state dict: neither 'tokens_to_token.attention1.w' (performer) "
+            f"nor 'tokens_to_token.attention1.attn.qkv.weight' (transformer) is present. Keys start: "
+            f"{', '.join(sorted(state)[:5])}."
+        )
+    try:
+        embed_dim = int(state["tokens_to_token.project.weight"].shape[0])
+        depth = len({k.split(".")[1] for k in state if k.startswith("blocks.") and k.endswith(".norm1.weight")})
+        hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0]) if depth else 0
+    except KeyError as error:
+        raise ValueError(f"These T2T-ViT weights lack {error.args[0]!r}; the file is incomplete.") from error
+    return {
+        "t2t_type": t2t_type,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "mlp_ratio": hidden / embed_dim if embed_dim else 0.0,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "classes": int(state["head.weight"].shape[0]) if "head.weight" in state else None,
+    }
+
+
+def detect_variant(state_dict, arch=None):
+    """The variant whose table row the weights' shapes fit, as ``(name, overrides)``.
+
+    ``overrides`` holds what differs from the row but is visible in the weights
+    (``qkv_bias``). Shapes cannot tell the head count, so t2t_vit_14 and
+    t2t_vit_14_resnext look alike: ``arch`` (the checkpoint's own ``arch``
+    entry, e.g. ``"T2t_vit_14_resnext"``) settles it; without it the main
+    family's row wins.
+    """
+    found = _signature(state_dict)
+    matches = [
+        name
+        for name, row in VARIANTS.items()
+        if row["t2t_type"] == found["t2t_type"]
+        and row["embed_dim"] == found["embed_dim"]
+        and row["depth"] == found["depth"]
+        and abs(row["mlp_ratio"] - found["mlp_ratio"]) < 1e-6
+    ]
+    if not matches:
+        raise ValueError(
+            f"No T2T-ViT variant has these weights' shapes ({found['t2t_type']} T2T, embed_dim "
+            f"{found['embed_dim']}, depth {found['depth']}, mlp_ratio {found['mlp_ratio']:g}); known: "
+            + "; ".join(
+                f"{n} ({r['t2t_type']}, {r['embed_dim']}, {r['depth']}, {r['mlp_ratio']:g})" for n, r in VARIANTS.items()
+            )
+            + ". Build a keras_t2t.T2TViT with matching arguments and use keras_t2t.load_weights."
+        )
+    name = matches[0]
+    if arch and len(matches) > 1:
+        wanted = str(arch).lower().replace("-", "_")
+        name = next((m for m in matches if m == wanted), name)
+    overrides = {"qkv_bias": True} if found["qkv_bias"] else {}
+    return name, overrides
+
+
+def from_checkpoint(path, variant=None, which=None, **kwargs):
+    """A model built and loaded from any weights file, detecting the variant when not named.
+
+    ``keras_t2t.from_checkpoint("81.5_T2T_ViT_14.pth.tar", classifier_activation=None)``.
+    ``kwargs`` are the builder keywords (input_shape, classes, include_top, ...).
+    """
+    from keras_t2t import weights as weight_io
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights file {os.fspath(path)!r} does not exist.")
+    if os.fspath(path).endswith(".h5"):
+        if variant is None:
+            raise ValueError("A '.weights.h5' file does not record its variant; pass variant=NAME.")
+        return create_model(variant, weights=path, **kwargs)
+    state, info = weight_io.read_state_dict(path, which=which)
+    detected, overrides = detect_variant(state, arch=info.get("arch"))
+    variant = variant or detected
+    if variant not in VARIANTS:
+        raise _unknown_variant(variant)
+    for key, value in overrides.items():
+        kwargs.setdefault(key, value)
+    model = build_variant(variant, weights=path, checkpoint_entry=which, **kwargs)
+    model.checkpoint_info = dict(info, variant=variant, detected=detected)
+    return model

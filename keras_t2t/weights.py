@@ -158,26 +158,27 @@ def checkpoint_filter_fn(state_dict, model):
     state = {key[len("module.") :] if key.startswith("module.") else key: value for key, value in state_dict.items()}
     report = WeightLoadReport(loaded=0, head_dropped=None, pos_embed_resized=None)
     head_keys = {k for k in state if k.startswith("head.")}
-    head_fits = all(
-        k in mapping and tuple(np.shape(state[k])[::-1] if mapping[k][1] else np.shape(state[k]))
-        == tuple(mapping[k][0].shape)
-        for k in head_keys
-    )
-    if head_keys and not head_fits:
-        if getattr(model, "include_top", False):
+    model_head = {k for k in mapping if k.startswith("head.")}
+
+    def fits(key):
+        variable, transpose = mapping[key]
+        shape = np.shape(state[key])
+        return tuple(shape[::-1] if transpose else shape) == tuple(variable.shape)
+
+    if head_keys and not (head_keys == model_head and all(fits(k) for k in head_keys)):
+        if model_head:
             shape = np.shape(state.get("head.weight", ()))
             report["head_dropped"] = (
-                f"the checkpoint has {shape[0] if shape else '?'} classes, the model {model.classes}; "
+                f"the weights have {shape[0] if shape else '?'} classes, the model {model.classes}; "
                 "the new head keeps its fresh initialisation"
             )
         else:
             report["head_dropped"] = "the model has no head"
         state = {k: v for k, v in state.items() if k not in head_keys}
+    elif model_head and not head_keys:
+        report["head_dropped"] = "the weights have no head; the model's head keeps its fresh initialisation"
 
-    missing = sorted(k for k in mapping if k not in state and not (k.startswith("head.") and head_keys == set()))
-    if any(k.startswith("head.") for k in missing) and not head_keys:
-        report["head_dropped"] = "the checkpoint has no head"
-        missing = [k for k in missing if not k.startswith("head.")]
+    missing = sorted(k for k in mapping if k not in state and k not in model_head)
     unexpected = sorted(k for k in state if k not in mapping)
     if missing or unexpected:
         raise ValueError(

@@ -1,0 +1,39 @@
+"""Built-in data that needs no download: scikit-learn's handwritten digits as RGB images."""
+
+import numpy as np
+
+
+def load_digits_images(image_size=32, validation_fraction=0.2, seed=0):
+    """scikit-learn's 1,797 8x8 digit scans as ``(N, size, size, 3)`` float images in [0, 255].
+
+    Returns ``(x_train, y_train), (x_val, y_val)``, split per class (stratified)
+    with a fixed seed. Pixels are upsampled by nearest neighbour (8x8 -> 32x32
+    repeats each pixel 4x4) so every model size sees the same digits.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError(
+            "The built-in digits data comes from scikit-learn: pip install scikit-learn "
+            "(or install keras-t2t with the [test] extra)."
+        ) from error
+    if image_size % 8:
+        raise ValueError(f"image_size must be a multiple of 8 (the digits are 8x8); got {image_size}.")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction}.")
+    digits = load_digits()
+    scale = image_size // 8
+    images = digits.images.astype("float32") * (255.0 / 16.0)
+    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype("int32")
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        val_idx.extend(members[: int(round(len(members) * validation_fraction))])
+    val_mask = np.zeros(len(labels), bool)
+    val_mask[val_idx] = True
+    train_idx = rng.permutation(np.flatnonzero(~val_mask))
+    return (images[train_idx], labels[train_idx]), (images[val_mask], labels[val_mask])
