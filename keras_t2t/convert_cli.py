@@ -141,35 +141,6 @@ def _output_format(path):
     )
 
 
-def _checkpoint_image_size(state, stages):
-    """(H, W) the checkpoint's position table was trained at, or None if it does not say.
-
-    A square grid g comes from g * (product of the strides) pixels (14 -> 224, 24 -> 384)
-    when that size gives g; otherwise the smallest size that does.
-    """
-    from keras_t2t.model import t2t_grid
-
-    pos = state.get("pos_embed")
-    if pos is None or np.ndim(pos) != 3:
-        return None
-    tokens = int(np.shape(pos)[1]) - 1
-    side = math.isqrt(tokens)
-    if side < 1 or side * side != tokens:
-        return None
-
-    def grid_of(size):
-        try:
-            return t2t_grid((size, size), stages)
-        except ValueError:
-            return None
-
-    size = side * math.prod(s for _, s, _ in stages)
-    if grid_of(size) == (side, side):
-        return size, size
-    size = next((h for h in range(1, size + 64) if grid_of(h) == (side, side)), None)
-    return None if size is None else (size, size)
-
-
 def _read(path, entry):
     from keras_t2t.torch_checkpoint import load_state_dict_file
 
@@ -246,9 +217,7 @@ def _check_tensors(written, expected, report):
 def convert(args, out=print):
     """Runs one conversion described by the parsed ``args``; returns the final output path."""
     from keras_t2t import weights as weight_io
-    from keras_t2t.layers import DEFAULT_T2T_STAGES
-    from keras_t2t.model import validate_stages
-    from keras_t2t.variants import VARIANTS, build_variant, detect_variant
+    from keras_t2t.variants import VARIANTS, build_variant, checkpoint_image_size, detect_variant
 
     output = os.path.abspath(args.output)
     fmt = _output_format(output)
@@ -271,7 +240,7 @@ def convert(args, out=print):
     variant = args.variant or detected
     config = dict(VARIANTS[variant], **overrides)
 
-    ckpt_size = _checkpoint_image_size(state, validate_stages(DEFAULT_T2T_STAGES))
+    ckpt_size = checkpoint_image_size(state)
     size = args.image_size or ckpt_size
     if size is None:
         raise ConversionError(
@@ -311,7 +280,7 @@ def convert(args, out=print):
         out(f"qk_scale: {args.qk_scale:g}")
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     out(f"parameters: {model.count_params():,} ({trainable:,} trainable)")
-    out(f"loaded: {report}")
+    out(f"weights: {report}")
 
     base = os.path.basename(output)[: -len(fmt)]
     handle, tmp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{fmt}", dir=folder)
@@ -346,6 +315,7 @@ def convert(args, out=print):
         out(f"verify: {checked} tensors equal the checkpoint's")
         if os.path.exists(output) and not args.overwrite:
             raise ConversionError(f"{args.output!r} appeared meanwhile; pass --overwrite to replace it")
+        os.chmod(tmp_path, _default_file_mode())  # mkstemp made it private; give it an ordinary file's mode
         os.replace(tmp_path, output)
     finally:
         if os.path.exists(tmp_path):
@@ -378,6 +348,12 @@ def main(argv=None):
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _default_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _one_line(error):

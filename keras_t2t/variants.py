@@ -43,15 +43,26 @@ def _unknown_variant(name):
     return ValueError(f"Unknown T2T-ViT variant {name!r}; accepted: {', '.join(VARIANTS)}.")
 
 
-def _image_size_for_grid(grid, stages, channels):
-    """The smallest square image whose T2T grid is ``grid`` (e.g. 14 -> 224, 24 -> 384)."""
-    for size in range(1, 64 * grid[0] + 64):
+def checkpoint_image_size(state_dict, stages=DEFAULT_T2T_STAGES):
+    """(H, W) a state dict's position table was trained at, or None when it does not say.
+
+    A square grid g comes from g * (product of the strides) pixels (14 -> 224,
+    24 -> 384 for the paper's stages) when that size gives g; otherwise the
+    smallest size that does.
+    """
+    pos = state_dict.get("pos_embed")
+    if pos is None or len(pos.shape) != 3:
+        return None
+    tokens = int(pos.shape[1]) - 1
+    side = math.isqrt(tokens)
+    if side < 1 or side * side != tokens:
+        return None
+    stages = validate_stages(stages)
+    exact = side * math.prod(s for _, s, _ in stages)
+    for size in [exact] + list(range(1, exact + 64)):
         try:
-            if t2t_grid((size, size), stages) == tuple(grid):
-                # The largest such size is the one the strides divide exactly (224, not 221).
-                while t2t_grid((size + 1, size + 1), stages) == tuple(grid):
-                    size += 1
-                return (size, size, channels)
+            if t2t_grid((size, size), stages) == (side, side):
+                return size, size
         except ValueError:
             continue
     return None
@@ -68,27 +79,29 @@ def build_variant(
     name=None,
     checkpoint_entry=None,
     verbose=True,
+    state_dict=None,
     **kwargs,
 ):
-    """Builds ``variant`` with the ``keras.applications`` keywords; ``kwargs`` override the table."""
+    """Builds ``variant`` with the ``keras.applications`` keywords; ``kwargs`` override the table.
+
+    ``state_dict`` (already read from ``weights``) saves reading the file twice.
+    """
     if variant not in VARIANTS:
         raise _unknown_variant(variant)
     config = dict(VARIANTS[variant])
     config.update(kwargs)
-    state = None
+    state = state_dict
     if weights is not None:
         weights = _check_weights_argument(weights, variant)
         from keras_t2t import weights as weight_io
 
-        if not (os.fspath(weights).endswith(".h5")):
+        if state is None and not os.fspath(weights).endswith(".h5"):
             state, _ = weight_io.read_state_dict(weights, which=checkpoint_entry)
-            if input_shape is None and "pos_embed" in state:
+        if state is not None:
+            size = checkpoint_image_size(state, config.get("t2t_stages", DEFAULT_T2T_STAGES))
+            if input_shape is None and size is not None:
                 # Build at the resolution the weights were trained at (the 384 checkpoint).
-                stages = validate_stages(config.get("t2t_stages", DEFAULT_T2T_STAGES))
-                tokens = state["pos_embed"].shape[1] - 1
-                side = math.isqrt(tokens)
-                if side * side == tokens:
-                    input_shape = _image_size_for_grid((side, side), stages, 3)
+                input_shape = (size[0], size[1], 3)
     model = T2TViT(
         input_shape=input_shape,
         include_top=include_top,
@@ -270,6 +283,6 @@ def from_checkpoint(path, variant=None, which=None, **kwargs):
         raise _unknown_variant(variant)
     for key, value in overrides.items():
         kwargs.setdefault(key, value)
-    model = build_variant(variant, weights=path, checkpoint_entry=which, **kwargs)
+    model = build_variant(variant, weights=path, checkpoint_entry=which, state_dict=state, **kwargs)
     model.checkpoint_info = dict(info, variant=variant, detected=detected)
     return model

@@ -294,7 +294,9 @@ def _twin_for_h5(model, path):
     from keras_t2t.model import t2t_grid
 
     shapes = _h5_dataset_shapes(path)
-    pos = [s for name, s in shapes.items() if "pos_embed" in name and len(s) == 3]
+    # Keras names the file's groups after the layer classes: the position table is the
+    # one variable of the SinusoidPositionEmbedding, the head the model's only top-level Dense.
+    pos = [s for name, s in shapes.items() if re.search(r"position_embedding/vars/0$", name) and len(s) == 3]
     if not pos:
         raise ValueError(f"{path!r} holds no T2T-ViT position table; is it a keras_t2t weights file?")
     config = model.get_config()
@@ -308,7 +310,7 @@ def _twin_for_h5(model, path):
         if size is None:
             raise ValueError(f"No image size gives the {old[0]}x{old[1]} grid of {path!r}.")
         config["input_shape"] = [size, size, model.image_shape[2]]
-    heads = [s for name, s in shapes.items() if re.search(r"(^|/)head/", name) and len(s) == 2]
+    heads = [s for name, s in shapes.items() if re.fullmatch(r"layers/dense/vars/0", name) and len(s) == 2]
     config["include_top"] = bool(heads)
     if heads:
         config["classes"] = int(heads[0][1])

