@@ -37,3 +37,57 @@ def load_digits_images(image_size=32, validation_fraction=0.2, seed=0):
     val_mask[val_idx] = True
     train_idx = rng.permutation(np.flatnonzero(~val_mask))
     return (images[train_idx], labels[train_idx]), (images[val_mask], labels[val_mask])
+
+
+def default_digits_dir():
+    """Where the digits folder is written by default: ``$KERAS_HOME/datasets/keras_t2t_digits``."""
+    import os
+
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "datasets", "keras_t2t_digits")
+
+
+def write_digits_folder(root=None, image_size=32, validation_fraction=0.2, seed=0):
+    """Writes the digits once as an ImageNet-style folder ``root/{train,val}/<digit>/*.png``.
+
+    The folder is built beside ``root`` and renamed into place, so an
+    interrupted write leaves nothing half-made; a complete folder (marked by
+    ``root/.complete``) is reused as is. Returns ``root``.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    root = os.path.abspath(root or default_digits_dir())
+    if os.path.exists(os.path.join(root, ".complete")):
+        return root
+    if os.path.exists(root) and os.listdir(root):
+        raise ValueError(
+            f"{root!r} exists, is not empty and is not a complete digits folder (no .complete marker); "
+            "remove it or pass another folder."
+        )
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    (x_train, y_train), (x_val, y_val) = load_digits_images(image_size, validation_fraction, seed)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".digits-")
+    try:
+        for split, images, labels in (("train", x_train, y_train), ("val", x_val, y_val)):
+            for index, (image, label) in enumerate(zip(images, labels)):
+                folder = os.path.join(staging, split, str(int(label)))
+                os.makedirs(folder, exist_ok=True)
+                Image.fromarray(np.round(image).astype("uint8")).save(os.path.join(folder, f"{index:05d}.png"))
+        open(os.path.join(staging, ".complete"), "w").close()
+        if os.path.isdir(root):
+            os.rmdir(root)  # empty, checked above
+        try:
+            os.rename(staging, root)
+        except OSError:
+            # Another process finished first: use its copy.
+            if not os.path.exists(os.path.join(root, ".complete")):
+                raise
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return root

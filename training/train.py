@@ -1,115 +1,160 @@
-"""Train a T2T-ViT (first cut: the built-in digits default).
+"""Train a T2T-ViT from scratch with the paper's recipe (or fine-tune, or validate a checkpoint).
 
-    python training/train.py --output-dir runs/digits
+    python training/train.py --output-dir runs/digits                 # built-in digits, no download
+    python training/train.py --output-dir runs/c10 --dataset cifar10 --model t2t_vit_7 --image-size 224
+    python training/train.py --output-dir runs/in1k --dataset folder --data-dir /data/imagenet \\
+        --model t2t_vit_14                                            # DIR/train/<class>/*, DIR/val/<class>/*
+    python training/train.py --output-dir runs/ft --dataset cifar10 --model t2t_vit_14 \\
+        --weights 81.5_T2T_ViT_14.pth.tar --image-size 224 --epochs 60 --lr 5e-5 ...   # fine-tuning
+    python training/train.py --output-dir runs/ev --dataset folder --data-dir D --eval-only --weights W
 
-Trains a small T2T-ViT from scratch on scikit-learn's handwritten digits
-(no download), prints the Keras progress bar, and writes ``model.keras``,
-``history.csv`` and ``summary.json`` into ``--output-dir``. The full recipe,
-tf.distribute and TFDS data are tracked in issue 4.
+Every recipe field (keras_t2t.training.Recipe) is a flag; the defaults are the
+paper's recipe, or the light digits recipe with the built-in digits. The
+resolved recipe is printed and saved as recipe.json. Re-running a command with
+the same --output-dir resumes it after its last completed epoch.
 """
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
-import tempfile
-import time
 
 # Runs from a checkout without installing too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+from keras_t2t.training.recipe import PRESETS, Recipe  # noqa: E402  (no keras import)
 
-import keras_t2t  # noqa: E402
-from keras_t2t.datasets import load_digits_images  # noqa: E402
+# timm's flag names for the same fields, accepted as aliases.
+ALIASES = {
+    "mixup_alpha": ["--mixup"],
+    "cutmix_alpha": ["--cutmix"],
+    "label_smoothing": ["--smoothing"],
+    "random_erasing": ["--reprob"],
+    "drop_path_rate": ["--drop-path"],
+    "ema_decay": ["--model-ema-decay"],
+    "image_size": ["--img-size"],
+    "warmup_epochs": ["--warmup-epochs"],
+}
+HELP = {
+    "model": "t2t_vit_mini (the digits default) or a keras_t2t variant (t2t_vit_7 ... t2t_vit_t_24)",
+    "dataset": "'digits' (built in, no download), 'folder' (--data-dir with train/ and val/), or a TFDS name",
+    "data_dir": "the folder for --dataset folder (or where the digits are written); TFDS's data_dir otherwise",
+    "manual_dir": "TFDS manual download folder (imagenet2012's tar files)",
+    "batch_size": "global batch, split across replicas",
+    "lr": "peak learning rate for a global batch of --lr-base-batch (scaled linearly)",
+    "epochs": "cosine epochs; --cooldown-epochs at the minimum lr follow",
+    "weight_decay": "AdamW decay (-1: the reference's value for the model: 0.03/0.05/0.065)",
+    "ema_decay": "EMA of the weights, evaluated and saved (0: off)",
+    "randaugment_ops": "RandAugment ops per image (0: off); magnitude/std on timm's 0..10 scale",
+    "random_erasing": "random erasing probability",
+    "precision": "float32, mixed_bfloat16, or mixed_float16 (with loss scaling)",
+    "t2t_dropout": "dropout inside the T2T layers (-1: the reference's)",
+    "cache": "auto (in memory when it fits), memory, none, or a file prefix",
+    "train_limit": "use only the first N training images (0: all)",
+    "val_limit": "use only the first N validation images (0: all)",
+}
 
-DIGITS_MODEL = dict(
-    input_shape=(32, 32, 3),
-    t2t_stages=((3, 2, 1), (3, 2, 1)),
-    token_dim=32,
-    embed_dim=128,
-    depth=4,
-    num_heads=4,
-    mlp_ratio=2.0,
-    drop_path_rate=0.1,
-    classes=10,
-    classifier_activation=None,
-)
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
 
 
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
-        return value
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", required=True, help="checkpoints, logs, recipe.json and summary.json go here")
+    run.add_argument("--recipe", choices=sorted(PRESETS), default=None,
+                     help="preset the flags start from (default: 'digits' for --dataset digits, else 'paper')")
+    run.add_argument("--cpu-replicas", type=int, default=0,
+                     help="train on N logical CPU devices as replicas (TensorFlow MirroredStrategy, JAX DataParallel)")
+    run.add_argument("--weights", default=None,
+                     help="start from these weights (.pth.tar of the authors, .keras, .weights.h5); the head and "
+                          "position table adapt to --image-size and the class count")
+    run.add_argument("--eval-only", action="store_true", help="validate --weights and write summary.json; no training")
+    run.add_argument("--no-download", action="store_true", help="fail instead of downloading a TFDS dataset")
+    run.add_argument("--verify-images", action="store_true",
+                     help="decode every image of a folder before training (default: check file headers only)")
+    run.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
+    run.add_argument("--quiet", action="store_true", help="one line per epoch instead of the progress bar")
 
-    return parse
+    recipe = parser.add_argument_group("recipe (defaults: the preset's, printed at start)")
+    for field in dataclasses.fields(Recipe):
+        default = field.default
+        names = [_flag(field.name)] + [a for a in ALIASES.get(field.name, []) if a != _flag(field.name)]
+        help_text = HELP.get(field.name, "")
+        if isinstance(default, bool):
+            recipe.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif isinstance(default, tuple):
+            recipe.add_argument(*names, dest=field.name, type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                                help=help_text)
+        else:
+            recipe.add_argument(*names, dest=field.name, type=type(default), default=None, help=help_text)
+    return parser
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", required=True, help="where the model, logs and summary.json go")
-    parser.add_argument("--epochs", type=_positive(int), default=30)
-    parser.add_argument("--batch-size", type=_positive(int), default=64)
-    parser.add_argument("--lr", type=_positive(float), default=1e-3, help="peak learning rate (AdamW)")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+def recipe_from_args(args):
+    preset = args.recipe or ("digits" if (args.dataset or "digits") == "digits" else "paper")
+    base = PRESETS[preset]
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None
+    }
+    for key in ("crop_scale", "crop_ratio"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    return preset, dataclasses.replace(base, **overrides)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    os.makedirs(args.output_dir, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_val, y_val) = load_digits_images(32, seed=args.seed)
-    x_train, x_val = keras_t2t.preprocess_input(x_train), keras_t2t.preprocess_input(x_val)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset is None and args.recipe == "paper":
+        parser.error("--recipe paper needs --dataset (a TFDS name, or 'folder' with --data-dir)")
+    if args.eval_only and not args.weights:
+        parser.error("--eval-only needs --weights PATH")
+    if args.weights and not os.path.exists(args.weights):
+        parser.error(f"--weights: no such file {args.weights!r}")
+    if args.cpu_replicas < 0:
+        parser.error("--cpu-replicas must be >= 0")
+    preset, recipe = recipe_from_args(args)
+    try:
+        recipe = recipe.resolved()
+    except ValueError as error:
+        parser.error(str(error))
+    if args.print_recipe:
+        import json
 
-    model = keras_t2t.T2TViT(name="t2t_vit_digits", **DIGITS_MODEL)
-    steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        1e-6, steps - steps // 10, alpha=0.01, warmup_target=args.lr, warmup_steps=steps // 10
-    )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[
-            keras.metrics.SparseCategoricalAccuracy(name="top1"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-        ],
-    )
-    print(f"backend {keras.backend.backend()}; {model.count_params():,} weights; "
-          f"{len(x_train)} training and {len(x_val)} validation digits")
-    start = time.time()
-    model.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        validation_data=(x_val, y_val),
-        callbacks=[keras.callbacks.CSVLogger(os.path.join(args.output_dir, "history.csv"))],
-        verbose=2,
-    )
-    seconds = time.time() - start
-    _, top1, top5 = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
-    model.save(os.path.join(args.output_dir, "model.keras"))
-    summary = {
-        "val_top1": float(top1),
-        "val_top5": float(top5),
-        "epochs": args.epochs,
-        "replicas": 1,
-        "global_batch_size": args.batch_size,
-        "train_images_per_second": len(x_train) * args.epochs / seconds,
-        "train_seconds": seconds,
-        "backend": keras.backend.backend(),
-    }
-    fd, tmp = tempfile.mkstemp(dir=args.output_dir, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(summary, handle, indent=2)
-    os.replace(tmp, os.path.join(args.output_dir, "summary.json"))
-    print(json.dumps(summary, indent=2))
-    return 0
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return 0
+
+    from keras_t2t.training.distribute import prepare_environment
+
+    prepare_environment(os.environ.get("KERAS_BACKEND", "jax" if args.cpu_replicas > 1 else ""), args.cpu_replicas)
+
+    from keras_t2t.training import trainer
+    from keras_t2t.training.distribute import setup_distribution
+
+    def run():
+        distribution = setup_distribution(args.cpu_replicas)  # before any other TF/JAX work
+        print(f"recipe preset: {preset}", flush=True)
+        trainer.train(
+            recipe,
+            args.output_dir,
+            distribution=distribution,
+            weights=args.weights,
+            eval_only=args.eval_only,
+            verbose=2 if args.quiet else 1,
+            download=not args.no_download,
+            verify_images=args.verify_images,
+        )
+        return 0
+
+    return trainer.main_guard(run)
 
 
 if __name__ == "__main__":
