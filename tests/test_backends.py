@@ -25,6 +25,20 @@ TINY = dict(t2t_stages=[(3, 2, 1), (3, 2, 1)], token_dim=16, embed_dim=32, depth
 CROSS_MODELS = {"performer": (40, 32), "transformer": (32, 48)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """On torch, tiny models run 5-10x faster on one intra-op thread than on this 2-core CPU's two."""
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny(t2t_type="performer", image_hw=(32, 32), classes=10, **kw):
     return keras_t2t.T2TViT(
         input_shape=tuple(image_hw) + (3,),
@@ -63,25 +77,21 @@ import json
 import numpy as np
 import keras
 import keras_t2t
-from keras_t2t.weights import load_state_dict
 
 folder = {folder!r}
 out = {{"backend": keras.backend.backend(), "models": {{}}}}
 for t2t_type in {types!r}:
-    images = np.load(f"{{folder}}/{{t2t_type}}_images.npy")
-    # (a) the .keras file written by the other backend
     loaded = keras.saving.load_model(f"{{folder}}/{{t2t_type}}.keras")
-    np.save(f"{{folder}}/{{t2t_type}}_keras_on_{{out['backend']}}.npy", keras.ops.convert_to_numpy(loaded.predict(images, verbose=0)))
-    # (b) the same state dict loaded into a model built here
-    config = json.load(open(f"{{folder}}/{{t2t_type}}_config.json"))
-    built = keras_t2t.T2TViT.from_config(config)
+    # The weights arrived bit for bit: the file's, read back in the authors' layout, equal the state dict.
     state = dict(np.load(f"{{folder}}/{{t2t_type}}_state.npz"))
-    report = load_state_dict(built, state)
-    np.save(f"{{folder}}/{{t2t_type}}_state_on_{{out['backend']}}.npy", keras.ops.convert_to_numpy(built.predict(images, verbose=0)))
+    read = keras_t2t.model_state_dict(loaded)
+    images = np.load(f"{{folder}}/{{t2t_type}}_images.npy")
+    np.save(f"{{folder}}/{{t2t_type}}_on_{{out['backend']}}.npy", keras.ops.convert_to_numpy(loaded.predict(images, verbose=0)))
     out["models"][t2t_type] = {{
         "class": type(loaded).__name__,
         "config": loaded.get_config(),
-        "loaded_tensors": report["loaded"],
+        "same_keys": sorted(read) == sorted(state),
+        "max_weight_diff": max(float(np.max(np.abs(read[k] - state[k]))) for k in state),
     }}
 print("RESULT " + json.dumps(out))
 """
@@ -89,10 +99,8 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def cross_backend(tmp_path_factory):
-    """Saves one model per T2T type on the current backend, reloads them on the two others.
-
-    Returns everything the two cross-backend tests compare.
-    """
+    """One model per T2T type with reference weights, saved as .keras on the current backend and
+    loaded and run on the two others (one subprocess each). Returns what the two tests compare."""
     folder = tmp_path_factory.mktemp("cross_backend")
     here = keras.backend.backend()
     result = {"here": here, "folder": folder, "models": {}, "others": {}}
@@ -106,7 +114,6 @@ def cross_backend(tmp_path_factory):
         model.save(folder / f"{t2t_type}.keras")
         np.save(folder / f"{t2t_type}_images.npy", images)
         np.savez(folder / f"{t2t_type}_state.npz", **state)
-        (folder / f"{t2t_type}_config.json").write_text(json.dumps(model.get_config()))
         result["models"][t2t_type] = {
             "model": model, "images": images, "logits": logits, "state": state, "image_hw": image_hw,
         }
@@ -120,8 +127,7 @@ def cross_backend(tmp_path_factory):
         report = json.loads(line[len("RESULT "):])
         assert report["backend"] == backend
         for t2t_type in CROSS_MODELS:
-            report["models"][t2t_type]["keras_logits"] = np.load(folder / f"{t2t_type}_keras_on_{backend}.npy")
-            report["models"][t2t_type]["state_logits"] = np.load(folder / f"{t2t_type}_state_on_{backend}.npy")
+            report["models"][t2t_type]["logits"] = np.load(folder / f"{t2t_type}_on_{backend}.npy")
         result["others"][backend] = report
     assert len(result["others"]) == 2
     return result
@@ -137,11 +143,11 @@ def test_same_weights_give_the_same_logits_on_tensorflow_jax_and_pytorch_within_
     # The current backend equals the float64 NumPy reference ...
     expected = ref.forward(here["state"], here["images"], _reference_config(t2t_type, here["image_hw"]))
     assert _max_diff(logits, expected) < CROSS_BACKEND_ATOL
-    # ... and so do the two others, each with the same state dict loaded into a model it built.
+    # ... and so do the two others, holding exactly these weights (read from the .keras file).
     for backend, other in cross_backend["others"].items():
         result = other["models"][t2t_type]
-        assert result["loaded_tensors"] == len(here["state"])
-        diff = _max_diff(result["state_logits"], logits)
+        assert result["same_keys"] and result["max_weight_diff"] == 0.0
+        diff = _max_diff(result["logits"], logits)
         assert diff < CROSS_BACKEND_ATOL, f"{backend} vs {cross_backend['here']}: max |diff| {diff:.2e}"
 
 
@@ -155,31 +161,20 @@ def test_keras_file_saved_on_one_backend_loads_and_predicts_identically_on_the_o
     assert type(loaded) is keras_t2t.T2TViT
     assert _json(loaded.get_config()) == original_config
     assert _max_diff(loaded.predict(here["images"], verbose=0), here["logits"]) < SAME_BACKEND_ATOL
-    for name in ("tokens_to_token/attention1/", "pos_embed/", "blocks_1/"):
-        # Every stored tensor came back, the performer's fixed random features and the position table too.
-        pairs = [(a, b) for a, b in zip(here["model"].weights, loaded.weights) if a.path.startswith(name)]
-        assert pairs and all(np.array_equal(_np(a), _np(b)) for a, b in pairs)
+    # Every stored tensor came back, the performer's fixed random features and the position table too.
+    assert [v.path for v in loaded.weights] == [v.path for v in here["model"].weights]
+    for original, reloaded in zip(here["model"].weights, loaded.weights):
+        np.testing.assert_array_equal(_np(reloaded), _np(original), err_msg=original.path)
     # On the two other backends: the same class and config, logits within 1e-4.
     for backend, other in cross_backend["others"].items():
         result = other["models"][t2t_type]
         assert result["class"] == "T2TViT"
         assert result["config"] == original_config
-        diff = _max_diff(result["keras_logits"], here["logits"])
+        diff = _max_diff(result["logits"], here["logits"])
         assert diff < CROSS_BACKEND_ATOL, f"{backend} reading a {cross_backend['here']} file: max |diff| {diff:.2e}"
 
 
 # === 2. .weights.h5 round trip, and loading it into another image size or class count ===
-
-
-# keras_t2t.load_weights cannot read any Keras-written .weights.h5 file (it looks for dataset names
-# containing "pos_embed" and "head/", but Keras names them after the layer classes:
-# "layers/sinusoid_position_embedding/vars/0", "layers/dense/vars/0"); see keras_t2t/weights.py
-# _twin_for_h5. Strict: once that is fixed these tests XPASS and fail, so the marker comes off.
-H5_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="keras_t2t.weights._twin_for_h5 finds no position table in Keras .weights.h5 files",
-)
 
 
 @pytest.fixture(params=["performer", "transformer"])
@@ -189,7 +184,7 @@ def h5_file(request, tmp_path):
     load_state_dict(source, _state(request.param, (32, 32), seed=7))
     path = tmp_path / "source.weights.h5"
     source.save_weights(path)
-    x = random_images(8, 2, 32, 32)
+    x = random_images(8, 4, 32, 32)
     return source, path, x, _np(source(x, training=False))
 
 
@@ -201,7 +196,6 @@ def test_weights_h5_round_trip_through_keras_load_weights_gives_identical_predic
     np.testing.assert_array_equal(_np(model(x, training=False)), expected)
 
 
-@H5_BUG
 def test_weights_h5_round_trip_through_keras_t2t_load_weights_gives_identical_predictions(h5_file):
     source, path, x, expected = h5_file
     model = _tiny(source.t2t_type)
@@ -216,7 +210,6 @@ def _by_path(model):
     return {v.path: _np(v) for v in model.weights}
 
 
-@H5_BUG
 def test_weights_h5_loads_into_another_image_size_with_the_position_table_resized(h5_file):
     source, path, _, _ = h5_file
     bigger = _tiny(source.t2t_type, image_hw=(48, 48))  # a 12x12 grid
@@ -232,11 +225,10 @@ def test_weights_h5_loads_into_another_image_size_with_the_position_table_resize
     for key in old:
         if key != "pos_embed/pos_embed":
             np.testing.assert_array_equal(new[key], old[key], err_msg=key)
-    out = _np(bigger(random_images(10, 2, 48, 48), training=False))
-    assert out.shape == (2, 10) and np.all(np.isfinite(out))
+    out = bigger.predict(random_images(10, 4, 48, 48), verbose=0)
+    assert out.shape == (4, 10) and np.all(np.isfinite(out))
 
 
-@H5_BUG
 def test_weights_h5_loads_into_another_class_count_without_the_head(h5_file):
     source, path, _, _ = h5_file
     five = _tiny(source.t2t_type, classes=5)
@@ -252,7 +244,7 @@ def test_weights_h5_loads_into_another_class_count_without_the_head(h5_file):
     np.testing.assert_array_equal(new["head/kernel"], fresh_head)
     assert new["head/kernel"].shape == (32, 5)
     # The backbone is the source's: the features before the head are identical.
-    x = random_images(11, 2, 32, 32)
+    x = random_images(11, 4, 32, 32)
     features = [keras.Model(m.input, m.get_layer("pool").output)(x, training=False) for m in (source, five)]
     np.testing.assert_array_equal(_np(features[0]), _np(features[1]))
 
@@ -262,20 +254,21 @@ def test_weights_h5_loads_into_another_class_count_without_the_head(h5_file):
 
 @pytest.mark.parametrize("t2t_type", ["performer", "transformer"])
 def test_compiled_predict_and_eager_call_give_the_same_numbers(t2t_type):
-    model = _tiny(t2t_type, image_hw=(40, 32))
-    load_state_dict(model, _state(t2t_type, (40, 32), seed=12))
-    x = random_images(13, 5, 40, 32)
+    model = _tiny(t2t_type)
+    load_state_dict(model, _state(t2t_type, (32, 32), seed=12))
+    x = random_images(13, 4, 32, 32)
     eager = _np(model(x, training=False))
     # predict runs the compiled function: jax.jit on JAX, a tf.function on TensorFlow, eager torch.
-    compiled = _np(model.predict(x, batch_size=4, verbose=0))  # two batches, 4 + 1
-    assert compiled.shape == eager.shape == (5, 10)
+    compiled = _np(model.predict(x, batch_size=2, verbose=0))  # two batches
+    assert compiled.shape == eager.shape == (4, 10)
+    assert np.std(eager) > 0.1
     assert _max_diff(compiled, eager) < 1e-5
-    assert _max_diff(_np(model.predict_on_batch(x)), eager) < 1e-5
-    if keras.backend.backend() != "torch":
-        # XLA as well (torch.compile is left out: minutes on this CPU).
+    if keras.backend.backend() == "tensorflow":
+        # TensorFlow's predict is a plain tf.function on CPU; XLA as well. (JAX's predict is already
+        # XLA; torch.compile is left out: minutes on this CPU.)
         model.compile(jit_compile=True)
         assert model.jit_compile is True
-        assert _max_diff(model.predict(x, verbose=0), eager) < 1e-5
+        assert _max_diff(model.predict(x, batch_size=2, verbose=0), eager) < 1e-5
 
 
 RATE_KINDS = {
@@ -291,13 +284,15 @@ def test_each_drop_rate_makes_training_calls_differ_and_inference_stays_determin
     keras.utils.set_random_seed(14)
     rates = dict(t2t_dropout=0.0, **RATE_KINDS[kind]) if kind != "t2t_dropout" else RATE_KINDS[kind]
     model = _tiny("performer", **rates)
-    x = random_images(15, 8, 32, 32)
+    # Reference weights: with the initialisers' 0.02-scale kernels the dropped branches are too
+    # small to show at the output.
+    load_state_dict(model, _state("performer", (32, 32), seed=14))
+    x = random_images(15, 4, 32, 32)
     first, second = _np(model(x, training=True)), _np(model(x, training=True))
     assert np.all(np.isfinite(first))
     assert _max_diff(first, second) > 1e-3, f"{kind}: two training calls gave the same output"
     inference = _np(model(x, training=False))
     np.testing.assert_array_equal(_np(model(x, training=False)), inference)
-    assert _max_diff(model.predict(x, verbose=0), inference) < 1e-5
     assert _max_diff(first, inference) > 1e-3
 
 
@@ -307,6 +302,7 @@ def test_without_drop_rates_training_calls_equal_inference(t2t_type):
     # the transformer's default is already 0.
     extra = {"t2t_dropout": 0.0} if t2t_type == "performer" else {}
     model = _tiny(t2t_type, **extra)
+    load_state_dict(model, _state(t2t_type, (32, 32), seed=16))
     x = random_images(16, 4, 32, 32)
     np.testing.assert_allclose(_np(model(x, training=True)), _np(model(x, training=False)), atol=1e-6)
 
@@ -314,5 +310,6 @@ def test_without_drop_rates_training_calls_equal_inference(t2t_type):
 def test_performer_default_t2t_dropout_is_active_in_training():
     model = _tiny("performer")  # t2t_dropout=None -> the reference's 0.1
     assert model.get_layer("tokens_to_token").dropout == 0.1
+    load_state_dict(model, _state("performer", (32, 32), seed=17))
     x = random_images(17, 4, 32, 32)
-    assert _max_diff(model(x, training=True), model(x, training=True)) > 1e-4
+    assert _max_diff(model(x, training=True), model(x, training=True)) > 1e-3
