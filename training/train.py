@@ -22,7 +22,7 @@ import sys
 # Runs from a checkout without installing too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_t2t.training.recipe import PRESETS, Recipe  # noqa: E402  (no keras import)
+from keras_t2t.training.recipe import PRESETS, Recipe  # noqa: E402
 
 # timm's flag names for the same fields, accepted as aliases.
 ALIASES = {
@@ -110,6 +110,20 @@ def recipe_from_args(args):
     return preset, dataclasses.replace(base, **overrides)
 
 
+def _backend_name():
+    """The Keras backend, known before keras is imported (JAX's host devices must be set first)."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        import json
+
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -134,7 +148,7 @@ def main(argv=None):
 
     from keras_t2t.training.distribute import prepare_environment
 
-    prepare_environment(os.environ.get("KERAS_BACKEND", "jax" if args.cpu_replicas > 1 else ""), args.cpu_replicas)
+    prepare_environment(_backend_name(), args.cpu_replicas)
 
     from keras_t2t.training import trainer
     from keras_t2t.training.distribute import setup_distribution
