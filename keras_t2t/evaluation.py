@@ -32,12 +32,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 
 import numpy as np
 from PIL import Image
+
+from keras_t2t.io_utils import write_json_atomic
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -538,23 +539,6 @@ def _build_parser():
     return p
 
 
-def _write_json_atomic(path, data):
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def main(argv=None):
@@ -633,7 +617,7 @@ def main(argv=None):
     )
     print(json.dumps(summary, indent=2, sort_keys=True))
     if args.output:
-        _write_json_atomic(args.output, summary)
+        write_json_atomic(args.output, summary)
         print(f"wrote {args.output}")
     return 0
 

@@ -25,18 +25,7 @@ TINY = dict(t2t_stages=[(3, 2, 1), (3, 2, 1)], token_dim=16, embed_dim=32, depth
 CROSS_MODELS = {"performer": (40, 32), "transformer": (32, 48)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On torch, tiny models run 5-10x faster on one intra-op thread than on this 2-core CPU's two."""
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(t2t_type="performer", image_hw=(32, 32), classes=10, **kw):

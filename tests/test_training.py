@@ -28,18 +28,7 @@ CHANCE = 0.1  # ten digit classes
 LOSS_SETUPS = {"performer": "softmax", "transformer": None}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On torch, tiny models run 5-10x faster on one intra-op thread than on this 2-core CPU's two."""
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _np(x):

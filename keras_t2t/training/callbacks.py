@@ -13,7 +13,7 @@ import time
 import keras
 import numpy as np
 
-from keras_t2t.training.recipe import write_json_atomic
+from keras_t2t.io_utils import write_json_atomic
 
 RESUME_WEIGHTS = "train_state.weights.h5"
 RESUME_STATE = "train_state.json"

@@ -223,7 +223,7 @@ def make_train_input(distribution, build_dataset, global_batch_size):
 
     ``build_dataset(batch_size, num_shards, shard_index)`` returns a tf.data.Dataset.
     """
-    per_replica = distribution.check_batch_size(global_batch_size)
+    distribution.check_batch_size(global_batch_size)
     if distribution.strategy is not None:
         import tensorflow as tf
 
@@ -234,7 +234,6 @@ def make_train_input(distribution, build_dataset, global_batch_size):
                 context.input_pipeline_id,
             )
 
-        del per_replica
         return distribution.strategy.distribute_datasets_from_function(
             fn, options=tf.distribute.InputOptions(experimental_fetch_to_device=True)
         )

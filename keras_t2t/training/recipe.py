@@ -7,9 +7,6 @@ in the trainer, everything tunable lives here.
 """
 
 import dataclasses
-import json
-import os
-import tempfile
 
 # The small configuration of the built-in digits default (32x32 inputs, two soft
 # splits of stride 2: 32 -> 16 -> 8, 64 tokens).
@@ -250,18 +247,3 @@ DIGITS = dataclasses.replace(
 PRESETS = {"paper": PAPER, "digits": DIGITS}
 
 
-def write_json_atomic(path, data):
-    """Writes JSON so that a reader never sees a half-written file."""
-    path = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -24,7 +24,8 @@ from keras_t2t.training import callbacks as cb
 from keras_t2t.training import data as data_lib
 from keras_t2t.training.distribute import make_train_input, setup_distribution, shard_validation
 from keras_t2t.training.optimizers import build_optimizer, build_schedule
-from keras_t2t.training.recipe import MINI_MODEL, MINI_NAME, Recipe, write_json_atomic
+from keras_t2t.io_utils import write_json_atomic
+from keras_t2t.training.recipe import MINI_MODEL, MINI_NAME, Recipe
 
 # Recipe fields that may change between a run and its resumption (they do not
 # change what is trained or the schedule position).
@@ -244,7 +245,7 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
         )
         callbacks += list(extra_callbacks)
         start = time.perf_counter()
-        history = model.fit(
+        model.fit(
             train_input,
             epochs=recipe.total_epochs,
             initial_epoch=initial_epoch,
@@ -255,7 +256,6 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
             shuffle=False,  # the pipeline shuffles
         )
         fit_seconds = time.perf_counter() - start
-        del history  # history.csv and the logs hold it
         # fit() ends by putting the EMA weights into the model (finalize_variable_values).
         if nan_guard.nan_step is not None:
             raise FloatingPointError(
