@@ -29,12 +29,13 @@ Exit codes: 0 success, 2 bad arguments or input (the message starts with
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
 
 import numpy as np
+
+from keras_t2t.cli_args import positive_float, positive_int
 
 __all__ = ["main", "convert", "ConversionError", "VerificationError"]
 
@@ -75,26 +76,6 @@ def _image_size(text):
     return tuple(sizes)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def build_parser():
     from keras_t2t.variants import VARIANTS
 
@@ -119,11 +100,11 @@ def build_parser():
         help="input size of the model (default: the checkpoint's own resolution)",
     )
     parser.add_argument(
-        "--classes", type=_positive_int, metavar="N",
+        "--classes", type=positive_int, metavar="N",
         help="classes of the head (default: the checkpoint's); another number drops the checkpoint's head",
     )
     parser.add_argument("--no-top", action="store_true", help="leave out the classification head")
-    parser.add_argument("--qk-scale", type=_positive_float, metavar="FLOAT", help="attention scale override")
+    parser.add_argument("--qk-scale", type=positive_float, metavar="FLOAT", help="attention scale override")
     parser.add_argument(
         "--classifier-activation", default="softmax", metavar="NAME",
         help="activation of the head's output (default softmax; 'none' for logits)",

@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from keras_t2t.cli_args import positive_int
 from keras_t2t.io_utils import write_json_atomic
 
 __all__ = [
@@ -479,16 +480,6 @@ def _parse_image_size(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def _crop_pct(text):
     try:
         v = float(text)
@@ -524,8 +515,8 @@ def _build_parser():
         help="input size, N or H,W (default: the model's input size, else 224)",
     )
     p.add_argument("--crop-pct", type=_crop_pct, default=DEFAULT_CROP_PCT, help="default 0.9")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
-    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate only N images (evenly spaced subset)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only N images (evenly spaced subset)")
     p.add_argument(
         "--class-index",
         choices=["sorted", "imagenet"],
@@ -533,7 +524,7 @@ def _build_parser():
         help="'sorted' (default): the i-th sorted class folder is output i; "
         "'imagenet': class folders are ImageNet-1k WordNet ids (for a subset of ImageNet)",
     )
-    p.add_argument("--workers", type=_positive_int, default=None, help="image decoding threads")
+    p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
     p.add_argument("--output", help="write the JSON summary to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -67,6 +67,8 @@ import warnings
 
 import numpy as np
 
+from keras_t2t.cli_args import positive_int
+
 __all__ = [
     "FORMATS",
     "ARTIFACT_FILES",
@@ -1265,16 +1267,6 @@ def _to_argv(model, output_dir, options):
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _image_size(text):
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -1316,7 +1308,7 @@ def build_parser(prog="python tflite/convert.py"):
     parser.add_argument("--weights", help="with --variant: a '.weights.h5' file or an authors' '.pth.tar' checkpoint")
     parser.add_argument("--image-size", type=_image_size, help="with --variant: N or H,W (default: the weights')")
     parser.add_argument(
-        "--classes", type=_positive_int, help="with --variant: class count (default: the weights' head)"
+        "--classes", type=positive_int, help="with --variant: class count (default: the weights' head)"
     )
     parser.add_argument("--output-dir", required=True, help="where the artifacts, labels.txt and report.json go")
     parser.add_argument(
@@ -1329,7 +1321,7 @@ def build_parser(prog="python tflite/convert.py"):
     parser.add_argument("--tfds-data-dir", help="TFDS data_dir for --representative-tfds")
     parser.add_argument("--tfds-download", action="store_true", help="let TFDS download the dataset if missing")
     parser.add_argument(
-        "--num-calibration", type=_positive_int, default=DEFAULT_NUM_CALIBRATION,
+        "--num-calibration", type=positive_int, default=DEFAULT_NUM_CALIBRATION,
         help=f"calibration images, evenly spaced over the set (default {DEFAULT_NUM_CALIBRATION})",
     )
     parser.add_argument(
@@ -1337,7 +1329,7 @@ def build_parser(prog="python tflite/convert.py"):
         help="image folder to verify on (default: crops of the photographs bundled with scikit-learn)",
     )
     parser.add_argument(
-        "--num-samples", type=_positive_int, default=DEFAULT_NUM_SAMPLES,
+        "--num-samples", type=positive_int, default=DEFAULT_NUM_SAMPLES,
         help=f"images to verify on (default {DEFAULT_NUM_SAMPLES})",
     )
     parser.add_argument("--crop-pct", type=float, default=DEFAULT_CROP_PCT, help="eval resize/crop (default 0.9)")
@@ -1351,7 +1343,7 @@ def build_parser(prog="python tflite/convert.py"):
         help="leave out the SavedModel signature that takes uint8 pixels",
     )
     parser.add_argument(
-        "--latency-runs", type=_positive_int, default=DEFAULT_LATENCY_RUNS,
+        "--latency-runs", type=positive_int, default=DEFAULT_LATENCY_RUNS,
         help=f"timed runs per artifact at batch 1, median reported (default {DEFAULT_LATENCY_RUNS})",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in --output-dir")
