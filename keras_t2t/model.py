@@ -1,5 +1,7 @@
 """The T2T-ViT model: a functional ``keras.Model`` assembled in ``__init__``."""
 
+import math
+
 import keras
 import numpy as np
 
@@ -62,6 +64,22 @@ def t2t_grid(image_hw, stages):
             )
         height, width = new_h, new_w
     return height, width
+
+
+def square_size_for_grid(side, stages):
+    """The square image side whose T2T grid is ``side`` x ``side``, or None.
+
+    ``side * (product of the strides)`` when that size gives the grid (14 -> 224,
+    24 -> 384 for the paper's stages); otherwise the smallest size that does.
+    """
+    exact = side * math.prod(s for _, s, _ in stages)
+    for size in [exact] + list(range(1, exact + 64)):
+        try:
+            if t2t_grid((size, size), stages) == (side, side):
+                return size
+        except ValueError:
+            continue
+    return None
 
 
 @keras.saving.register_keras_serializable(package="keras_t2t")

@@ -7,7 +7,7 @@ variant detection and the README's table all come from it.
 import math
 import os
 
-from keras_t2t.model import T2TViT, t2t_grid, validate_stages
+from keras_t2t.model import T2TViT, square_size_for_grid, validate_stages
 from keras_t2t.layers import DEFAULT_T2T_STAGES
 
 # name -> architecture (the reference's model builders, spec section 8).
@@ -46,9 +46,7 @@ def _unknown_variant(name):
 def checkpoint_image_size(state_dict, stages=DEFAULT_T2T_STAGES):
     """(H, W) a state dict's position table was trained at, or None when it does not say.
 
-    A square grid g comes from g * (product of the strides) pixels (14 -> 224,
-    24 -> 384 for the paper's stages) when that size gives g; otherwise the
-    smallest size that does.
+    The size is ``keras_t2t.model.square_size_for_grid`` of the table's square grid.
     """
     pos = state_dict.get("pos_embed")
     if pos is None or len(pos.shape) != 3:
@@ -57,15 +55,8 @@ def checkpoint_image_size(state_dict, stages=DEFAULT_T2T_STAGES):
     side = math.isqrt(tokens)
     if side < 1 or side * side != tokens:
         return None
-    stages = validate_stages(stages)
-    exact = side * math.prod(s for _, s, _ in stages)
-    for size in [exact] + list(range(1, exact + 64)):
-        try:
-            if t2t_grid((size, size), stages) == (side, side):
-                return size, size
-        except ValueError:
-            continue
-    return None
+    size = square_size_for_grid(side, validate_stages(stages))
+    return None if size is None else (size, size)
 
 
 def build_variant(

@@ -291,7 +291,7 @@ def _h5_dataset_shapes(path):
 
 def _twin_for_h5(model, path):
     """A model of ``model``'s config at the image size and class count the h5 file was saved with."""
-    from keras_t2t.model import t2t_grid
+    from keras_t2t.model import square_size_for_grid
 
     shapes = _h5_dataset_shapes(path)
     # Keras names the file's groups after the layer classes: the position table is the
@@ -303,10 +303,7 @@ def _twin_for_h5(model, path):
     num_tokens = pos[0][1] - 1
     if num_tokens != model.num_tokens:
         old = _grid_of(num_tokens, model)
-        size = next(
-            (h for h in range(1, 64 * old[0] + 64) if t2t_grid((h, h), model.t2t_stages) == old),
-            None,
-        )
+        size = square_size_for_grid(old[0], model.t2t_stages)
         if size is None:
             raise ValueError(f"No image size gives the {old[0]}x{old[1]} grid of {path!r}.")
         config["input_shape"] = [size, size, model.image_shape[2]]

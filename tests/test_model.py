@@ -230,3 +230,19 @@ def test_other_bad_arguments_are_refused():
         _small(classes=0)
     with pytest.raises(ValueError, match=r"weights='imagenet' would need a download.*81.5_T2T_ViT_14"):
         keras_t2t.t2t_vit_14(weights="imagenet")
+
+
+def test_weights_h5_with_the_paper_stages_loads_at_another_size(tmp_path):
+    # The paper's first split (7, 4, 2) cannot split tiny images: finding the file's
+    # image size must skip those sizes rather than fail on them.
+    small = dict(embed_dim=32, depth=1, num_heads=2, classes=3)
+    source = keras_t2t.T2TViT(input_shape=(64, 64, 3), **small)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    target = keras_t2t.T2TViT(input_shape=(96, 96, 3), **small)
+    report = keras_t2t.load_weights(target, path)
+    assert report["pos_embed_resized"] == ((4, 4), (6, 6))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(target.get_layer("head").kernel),
+        keras.ops.convert_to_numpy(source.get_layer("head").kernel),
+    )
