@@ -77,7 +77,7 @@ def _image_size(text):
 
 
 def build_parser():
-    from keras_t2t.variants import VARIANTS
+    from keras_t2t.variants import ALL_VARIANTS
 
     parser = _Parser(
         prog="keras-t2t-convert",
@@ -88,8 +88,8 @@ def build_parser():
         "--output", "-o", required=True, help="output file; its suffix (.keras or .weights.h5) picks the format"
     )
     parser.add_argument(
-        "--variant", choices=list(VARIANTS), metavar="NAME",
-        help=f"the variant (default: detected from the checkpoint); one of {', '.join(VARIANTS)}",
+        "--variant", choices=list(ALL_VARIANTS), metavar="NAME",
+        help=f"the variant (default: detected from the checkpoint); one of {', '.join(ALL_VARIANTS)}",
     )
     parser.add_argument(
         "--weights-entry", choices=WEIGHTS_ENTRIES, default="auto",
@@ -198,7 +198,7 @@ def _check_tensors(written, expected, report):
 def convert(args, out=print):
     """Runs one conversion described by the parsed ``args``; returns the final output path."""
     from keras_t2t import weights as weight_io
-    from keras_t2t.variants import VARIANTS, build_variant, checkpoint_image_size, detect_variant
+    from keras_t2t.variants import build_variant, checkpoint_image_size, describe_variant, detect_variant
 
     output = os.path.abspath(args.output)
     fmt = _output_format(output)
@@ -219,7 +219,6 @@ def convert(args, out=print):
             raise
         detected, overrides = None, ({"qkv_bias": True} if "blocks.0.attn.qkv.bias" in state else {})
     variant = args.variant or detected
-    config = dict(VARIANTS[variant], **overrides)
 
     ckpt_size = checkpoint_image_size(state)
     size = args.image_size or ckpt_size
@@ -247,8 +246,7 @@ def convert(args, out=print):
 
     how = "given" + (f", detected {detected}" if detected and detected != variant else "") if args.variant else "detected"
     out(f"checkpoint: {args.checkpoint}")
-    out(f"variant: {variant} ({how}); T2T type: {config['t2t_type']}, embed_dim {config['embed_dim']}, "
-        f"depth {config['depth']}, {config['num_heads']} heads, mlp_ratio {config['mlp_ratio']:g}"
+    out(f"variant: {variant} ({how}); {describe_variant(variant)}"
         + (", qkv_bias" if overrides.get("qkv_bias") else ""))
     extras = "".join(f", {key} {info[key]!r}" for key in ("arch", "epoch") if key in info)
     out(f"weights entry: {info['source_key']}{extras}")

@@ -250,10 +250,10 @@ def _check_model_argument(model, variant, weights):
         return
     if variant is None:
         raise ExportError("Nothing to export: give a model (a '.keras' file) or a variant name with weights.")
-    from keras_t2t.variants import VARIANTS
+    from keras_t2t.variants import ALL_VARIANTS
 
-    if variant not in VARIANTS:
-        raise ExportError(f"Unknown T2T-ViT variant {variant!r}; accepted: {', '.join(VARIANTS)}.")
+    if variant not in ALL_VARIANTS:
+        raise ExportError(f"Unknown T2T-ViT variant {variant!r}; accepted: {', '.join(ALL_VARIANTS)}.")
     if weights is None:
         raise ExportError(
             f"--variant {variant} needs --weights PATH ('.weights.h5' or an authors' '.pth.tar'): an "

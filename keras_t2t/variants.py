@@ -1,13 +1,15 @@
 """The T2T-ViT family: one table of configurations, one builder per row.
 
-``VARIANTS`` is the single source of truth: the builders, ``create_model``,
-variant detection and the README's table all come from it.
+``VARIANTS`` (the main family, every row the standard ViT block) and
+``STUDY_VARIANTS`` (the paper's backbone studies with other blocks) are the
+single source of truth: the builders, ``create_model``, variant detection and
+the README's tables all come from them. ``ALL_VARIANTS`` is the two together.
 """
 
 import math
 import os
 
-from keras_t2t.model import T2TViT, square_size_for_grid, validate_stages
+from keras_t2t.model import T2TViT, T2TViTDense, square_size_for_grid, validate_stages
 from keras_t2t.layers import DEFAULT_T2T_STAGES
 
 # name -> architecture (the reference's model builders, spec section 8).
@@ -25,6 +27,24 @@ VARIANTS = {
     "t2t_vit_14_wide": dict(t2t_type="performer", embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.0),
 }
 
+# The paper's backbone studies (spec sections 8 and 9): the same T2T module, other blocks.
+# Apart from VARIANTS so that code reading VARIANTS (FLOP counts, training recipes, the
+# converter's --variant) keeps meaning the standard block. ``block_type`` picks the block;
+# "dense" builds a ``T2TViTDense``, whose depth is ``sum(dense_stages)``.
+STUDY_VARIANTS = {
+    "t2t_vit_14_se": dict(
+        t2t_type="performer", block_type="se", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0
+    ),
+    "t2t_vit_16_ghost": dict(
+        t2t_type="performer", block_type="ghost", embed_dim=384, depth=16, num_heads=6, mlp_ratio=3.0
+    ),
+    "t2t_vit_dense": dict(
+        t2t_type="performer", block_type="dense", embed_dim=128, dense_stages=(3, 6, 6, 4), growth_rate=64,
+        num_heads=8, mlp_ratio=2.0,
+    ),
+}
+ALL_VARIANTS = {**VARIANTS, **STUDY_VARIANTS}
+
 # The authors' released ImageNet-1k checkpoints (reported top-1, image size, file name).
 RELEASED_WEIGHTS = {
     "t2t_vit_7": [(71.7, 224, "71.7_T2T_ViT_7.pth.tar")],
@@ -40,7 +60,33 @@ RELEASED_WEIGHTS = {
 
 
 def _unknown_variant(name):
-    return ValueError(f"Unknown T2T-ViT variant {name!r}; accepted: {', '.join(VARIANTS)}.")
+    return ValueError(f"Unknown T2T-ViT variant {name!r}; accepted: {', '.join(ALL_VARIANTS)}.")
+
+
+def describe_variant(variant):
+    """One line on a table row, e.g. "performer T2T, ghost blocks, embed_dim 384, depth 16, 6 heads, mlp_ratio 3"."""
+    if variant not in ALL_VARIANTS:
+        raise _unknown_variant(variant)
+    row = ALL_VARIANTS[variant]
+    block_type = row.get("block_type", "standard")
+    parts = [f"{row['t2t_type']} T2T"]
+    if block_type != "standard":
+        parts.append(f"{block_type} blocks")
+    parts.append(f"embed_dim {row['embed_dim']}")
+    if block_type == "dense":
+        parts.append(f"dense_stages {tuple(row['dense_stages'])}, growth_rate {row['growth_rate']}")
+    else:
+        parts.append(f"depth {row['depth']}")
+    parts.append(f"{row['num_heads']} heads, mlp_ratio {row['mlp_ratio']:g}")
+    return ", ".join(parts)
+
+
+def _model_class(config):
+    """The model class of a row (after overrides); pops ``block_type`` where the class implies it."""
+    if config.get("block_type") == "dense":
+        config.pop("block_type")
+        return T2TViTDense
+    return T2TViT
 
 
 def checkpoint_image_size(state_dict, stages=DEFAULT_T2T_STAGES):
@@ -77,10 +123,11 @@ def build_variant(
 
     ``state_dict`` (already read from ``weights``) saves reading the file twice.
     """
-    if variant not in VARIANTS:
+    if variant not in ALL_VARIANTS:
         raise _unknown_variant(variant)
-    config = dict(VARIANTS[variant])
+    config = dict(ALL_VARIANTS[variant])
     config.update(kwargs)
+    model_class = _model_class(config)
     state = state_dict
     if weights is not None:
         weights = _check_weights_argument(weights, variant)
@@ -93,7 +140,7 @@ def build_variant(
             if input_shape is None and size is not None:
                 # Build at the resolution the weights were trained at (the 384 checkpoint).
                 input_shape = (size[0], size[1], 3)
-    model = T2TViT(
+    model = model_class(
         input_shape=input_shape,
         include_top=include_top,
         classes=classes,
@@ -139,7 +186,6 @@ def _check_weights_argument(weights, variant):
 
 
 def _make_builder(variant):
-    spec = VARIANTS[variant]
 
     def builder(
         include_top=True,
@@ -165,17 +211,17 @@ def _make_builder(variant):
 
     builder.__name__ = builder.__qualname__ = variant
     builder.__doc__ = (
-        f"T2T-ViT variant ``{variant}``: {spec['t2t_type']} T2T layers, embed_dim {spec['embed_dim']}, "
-        f"depth {spec['depth']}, {spec['num_heads']} heads, mlp_ratio {spec['mlp_ratio']:g}.\n\n"
+        f"T2T-ViT variant ``{variant}``: {describe_variant(variant)}.\n\n"
         "Args: the keras.applications keywords (include_top, weights, input_shape, pooling, classes,\n"
         "classifier_activation, name). ``weights`` is None or a path to an authors' checkpoint\n"
         "('.pth.tar'), a '.keras' file or a '.weights.h5' file. Other keywords (drop_path_rate,\n"
-        "qk_scale, dtype, ...) go to ``keras_t2t.T2TViT``."
+        "qk_scale, dtype, ...) go to the model class (``keras_t2t.T2TViT``, or ``keras_t2t.T2TViTDense``\n"
+        "for the dense study)."
     )
     return builder
 
 
-BUILDERS = {variant: _make_builder(variant) for variant in VARIANTS}
+BUILDERS = {variant: _make_builder(variant) for variant in ALL_VARIANTS}
 
 
 def create_model(variant, **kwargs):
@@ -185,8 +231,20 @@ def create_model(variant, **kwargs):
     return BUILDERS[variant](**kwargs)
 
 
-def list_variants():
-    return list(VARIANTS)
+def list_variants(studies=False):
+    """The main family's names; with ``studies``, the backbone studies' too."""
+    return list(ALL_VARIANTS if studies else VARIANTS)
+
+
+def _block_type_of(state):
+    """Which backbone block a state dict holds, from the keys only the studies have."""
+    if any(k.startswith("blocks.") and k.endswith(".dense_linear.weight") for k in state):
+        return "dense"
+    if any(k.startswith("blocks.") and ".attn.se_layer." in k for k in state):
+        return "se"
+    if any(k.startswith("blocks.") and k.endswith(".attn.q.weight") for k in state):
+        return "ghost"
+    return "standard"
 
 
 def _signature(state_dict):
@@ -202,48 +260,80 @@ def _signature(state_dict):
             f"nor 'tokens_to_token.attention1.attn.qkv.weight' (transformer) is present. Keys start: "
             f"{', '.join(sorted(state)[:5])}."
         )
+    block_type = _block_type_of(state)
+    # Dense checkpoints number blocks and transitions together: blocks.3 may be a transition.
+    indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()})
+    blocks = [i for i in indices if f"blocks.{i}.norm1.weight" in state]
+    first = blocks[0] if blocks else 0
+    found = {"t2t_type": t2t_type, "block_type": block_type, "depth": len(blocks)}
     try:
-        embed_dim = int(state["tokens_to_token.project.weight"].shape[0])
-        depth = len({k.split(".")[1] for k in state if k.startswith("blocks.") and k.endswith(".norm1.weight")})
-        hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0]) if depth else 0
+        found["embed_dim"] = int(state["tokens_to_token.project.weight"].shape[0])
+        if blocks:
+            width = int(state[f"blocks.{first}.norm1.weight"].shape[0])
+            # The ghost MLP's fc1 keeps the width; fc2 reads the 3 x width concatenation.
+            hidden = (
+                int(state[f"blocks.{first}.mlp.fc2.weight"].shape[1])
+                if block_type == "ghost"
+                else int(state[f"blocks.{first}.mlp.fc1.weight"].shape[0])
+            )
+        else:
+            width, hidden = found["embed_dim"], 0
+        if block_type == "dense":
+            found["growth_rate"] = int(state[f"blocks.{first}.dense_linear.weight"].shape[0])
+            stages, count = [], 0
+            for i in indices:
+                if f"blocks.{i}.linear.weight" in state:
+                    stages.append(count)
+                    count = 0
+                elif i in blocks:
+                    count += 1
+            found["dense_stages"] = tuple(stages + [count])
     except KeyError as error:
         raise ValueError(f"These T2T-ViT weights lack {error.args[0]!r}; the file is incomplete.") from error
-    return {
-        "t2t_type": t2t_type,
-        "embed_dim": embed_dim,
-        "depth": depth,
-        "mlp_ratio": hidden / embed_dim if embed_dim else 0.0,
-        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
-        "classes": int(state["head.weight"].shape[0]) if "head.weight" in state else None,
-    }
+    found["mlp_ratio"] = hidden / width if width else 0.0
+    found["qkv_bias"] = f"blocks.{first}.attn.qkv.bias" in state or f"blocks.{first}.attn.q.bias" in state
+    found["classes"] = int(state["head.weight"].shape[0]) if "head.weight" in state else None
+    return found
+
+
+def _row_fits(row, found):
+    if (
+        row.get("block_type", "standard") != found["block_type"]
+        or row["t2t_type"] != found["t2t_type"]
+        or row["embed_dim"] != found["embed_dim"]
+        or abs(row["mlp_ratio"] - found["mlp_ratio"]) > 1e-6
+    ):
+        return False
+    if found["block_type"] == "dense":
+        return tuple(row["dense_stages"]) == found["dense_stages"] and row["growth_rate"] == found["growth_rate"]
+    return row["depth"] == found["depth"]
 
 
 def detect_variant(state_dict, arch=None):
     """The variant whose table row the weights' shapes fit, as ``(name, overrides)``.
 
-    ``overrides`` holds what differs from the row but is visible in the weights
-    (``qkv_bias``). Shapes cannot tell the head count, so t2t_vit_14 and
-    t2t_vit_14_resnext look alike: ``arch`` (the checkpoint's own ``arch``
-    entry, e.g. ``"T2t_vit_14_resnext"``) settles it; without it the main
-    family's row wins.
+    Rows of ``VARIANTS`` and ``STUDY_VARIANTS`` both count; the study blocks
+    are told apart by their own keys (``attn.se_layer``, ``attn.q`` and
+    ``dense_linear``). ``overrides`` holds what differs from the row but is
+    visible in the weights (``qkv_bias``). Shapes cannot tell the head count,
+    so t2t_vit_14 and t2t_vit_14_resnext look alike: ``arch`` (the
+    checkpoint's own ``arch`` entry, e.g. ``"T2t_vit_14_resnext"``) settles
+    it; without it the main family's row wins.
     """
     found = _signature(state_dict)
-    matches = [
-        name
-        for name, row in VARIANTS.items()
-        if row["t2t_type"] == found["t2t_type"]
-        and row["embed_dim"] == found["embed_dim"]
-        and row["depth"] == found["depth"]
-        and abs(row["mlp_ratio"] - found["mlp_ratio"]) < 1e-6
-    ]
+    matches = [name for name, row in ALL_VARIANTS.items() if _row_fits(row, found)]
     if not matches:
+        blocks = "" if found["block_type"] == "standard" else f", {found['block_type']} blocks"
+        dense = (
+            f", dense_stages {found['dense_stages']}, growth_rate {found['growth_rate']}"
+            if found["block_type"] == "dense"
+            else ""
+        )
         raise ValueError(
             f"No T2T-ViT variant has these weights' shapes ({found['t2t_type']} T2T, embed_dim "
-            f"{found['embed_dim']}, depth {found['depth']}, mlp_ratio {found['mlp_ratio']:g}); known: "
-            + "; ".join(
-                f"{n} ({r['t2t_type']}, {r['embed_dim']}, {r['depth']}, {r['mlp_ratio']:g})" for n, r in VARIANTS.items()
-            )
-            + ". Build a keras_t2t.T2TViT with matching arguments and use keras_t2t.load_weights."
+            f"{found['embed_dim']}, depth {found['depth']}, mlp_ratio {found['mlp_ratio']:g}{blocks}{dense}); known: "
+            + "; ".join(f"{n} ({describe_variant(n)})" for n in ALL_VARIANTS)
+            + ". Build a keras_t2t.T2TViT (or T2TViTDense) with matching arguments and use keras_t2t.load_weights."
         )
     name = matches[0]
     if arch and len(matches) > 1:
@@ -257,7 +347,9 @@ def from_checkpoint(path, variant=None, which=None, **kwargs):
     """A model built and loaded from any weights file, detecting the variant when not named.
 
     ``keras_t2t.from_checkpoint("81.5_T2T_ViT_14.pth.tar", classifier_activation=None)``.
-    ``kwargs`` are the builder keywords (input_shape, classes, include_top, ...).
+    ``kwargs`` are the builder keywords (input_shape, classes, include_top, ...) and
+    overrides of the row (embed_dim, dense_stages, ...), which with ``variant`` load a
+    checkpoint of a size no row has.
     """
     from keras_t2t import weights as weight_io
 
@@ -268,9 +360,15 @@ def from_checkpoint(path, variant=None, which=None, **kwargs):
             raise ValueError("A '.weights.h5' file does not record its variant; pass variant=NAME.")
         return create_model(variant, weights=path, **kwargs)
     state, info = weight_io.read_state_dict(path, which=which)
-    detected, overrides = detect_variant(state, arch=info.get("arch"))
+    try:
+        detected, overrides = detect_variant(state, arch=info.get("arch"))
+    except ValueError:
+        if variant is None:
+            raise
+        # A checkpoint of a custom size fits no row: the named variant, its row overridden by kwargs.
+        detected, overrides = None, {}
     variant = variant or detected
-    if variant not in VARIANTS:
+    if variant not in ALL_VARIANTS:
         raise _unknown_variant(variant)
     for key, value in overrides.items():
         kwargs.setdefault(key, value)

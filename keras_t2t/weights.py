@@ -2,7 +2,8 @@
 
 All renaming between this package's variables and the authors' PyTorch keys
 lives in ``torch_key`` (one rule table); all layout changes (transposes, the
-position-table resize, dropping a head) live in ``checkpoint_filter_fn``.
+depthwise kernels' (C,) <-> (C, 1, 1), the position-table resize, dropping a
+head) are applied by ``checkpoint_filter_fn`` (``to_torch_layout`` going back).
 Everything else goes through the reference's state-dict layout, so a
 ``.keras`` file, a ``.weights.h5`` file and an authors' ``.pth.tar`` load the
 same way.
@@ -15,44 +16,83 @@ import re
 import keras
 import numpy as np
 
-# Variable-path suffix -> (torch suffix, needs transpose).
+# How one of our arrays becomes the checkpoint's: "same"; "transpose" (a Dense kernel is a
+# PyTorch Linear weight transposed); "pointwise" (a CheapOperation's (C,) kernel is the
+# reference's depthwise 1x1 Conv1d weight, (C, 1, 1)).
+LAYOUTS = ("same", "transpose", "pointwise")
+# Variable-path suffix -> (torch suffix, layout).
 _LEAF_RULES = {
-    "kernel": ("weight", True),
-    "bias": ("bias", False),
-    "gamma": ("weight", False),
-    "beta": ("bias", False),
+    "kernel": ("weight", "transpose"),
+    "bias": ("bias", "same"),
+    "gamma": ("weight", "same"),
+    "beta": ("bias", "same"),
+    "depthwise_kernel": ("weight", "pointwise"),
 }
 # Names whose torch spelling differs from ours, per T2T layer type.
 _T2T_RENAMES = {
     "performer": {"mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"},
     "transformer": {"qkv": "attn.qkv", "proj": "attn.proj"},
 }
+# Backbone names whose torch spelling differs from ours: the SE study's nn.Sequential indices.
+_BLOCK_RENAMES = {"attn.se_layer.reduce": "attn.se_layer.fc.0", "attn.se_layer.expand": "attn.se_layer.fc.2"}
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
 
 
 def torch_key(path, t2t_type):
-    """The authors' state-dict key of one of this package's variables, and whether to transpose.
+    """The authors' state-dict key of one of this package's variables, and its layout (``LAYOUTS``).
 
-    ``tokens_to_token/attention1/kqv/kernel`` -> (``tokens_to_token.attention1.kqv.weight``, True).
+    ``tokens_to_token/attention1/kqv/kernel`` -> (``tokens_to_token.attention1.kqv.weight``, "transpose").
     """
     parts = path.split("/")
     if parts[0] == "cls_token":
-        return "cls_token", False
+        return "cls_token", "same"
     if parts[0] == "pos_embed":
-        return "pos_embed", False
+        return "pos_embed", "same"
     leaf = parts[-1]
     body = ".".join(parts[:-1])
     body = re.sub(r"^blocks_(\d+)", r"blocks.\1", body)
     if leaf == "w":
-        return f"{body}.w", False
+        return f"{body}.w", "same"
     if leaf not in _LEAF_RULES:
         raise ValueError(f"No checkpoint name is known for the variable {path!r}.")
     match = re.match(r"^(tokens_to_token\.attention\d+)\.(.+)$", body)
     if match:
         inner = _T2T_RENAMES[t2t_type].get(match.group(2), match.group(2))
         body = f"{match.group(1)}.{inner}"
-    suffix, transpose = _LEAF_RULES[leaf]
-    return f"{body}.{suffix}", transpose
+    match = re.match(r"^(blocks\.\d+)\.(.+)$", body)
+    if match:
+        body = f"{match.group(1)}.{_BLOCK_RENAMES.get(match.group(2), match.group(2))}"
+    suffix, layout = _LEAF_RULES[leaf]
+    return f"{body}.{suffix}", layout
+
+
+def torch_shape(shape, layout):
+    """The checkpoint's shape of a variable of ``shape`` stored with ``layout``."""
+    shape = tuple(int(n) for n in shape)
+    if layout == "transpose":
+        return shape[::-1]
+    if layout == "pointwise":
+        return shape + (1, 1)
+    return shape
+
+
+def to_torch_layout(value, layout):
+    value = np.asarray(value)
+    if layout == "transpose":
+        return value.T
+    if layout == "pointwise":
+        return value.reshape(value.shape + (1, 1))
+    return value
+
+
+def from_torch_layout(value, layout):
+    """The inverse of ``to_torch_layout``; ``value`` must already have the checkpoint's shape."""
+    value = np.asarray(value)
+    if layout == "transpose":
+        return value.T
+    if layout == "pointwise":
+        return value.reshape(value.shape[:-2])
+    return value
 
 
 def _t2t_type(model):
@@ -63,23 +103,22 @@ def _t2t_type(model):
 
 
 def variable_map(model):
-    """{authors' key: (variable, transpose)} for every weight of ``model``."""
+    """{authors' key: (variable, layout)} for every weight of ``model``."""
     mapping = {}
     t2t_type = _t2t_type(model)
     for variable in model.weights:
-        key, transpose = torch_key(variable.path, t2t_type)
+        key, layout = torch_key(variable.path, t2t_type)
         if key in mapping:
             raise ValueError(f"Two variables map to the checkpoint key {key!r}: {variable.path!r}.")
-        mapping[key] = (variable, transpose)
+        mapping[key] = (variable, layout)
     return mapping
 
 
 def model_state_dict(model):
     """This model's weights as the authors' state dict (PyTorch names and layouts, NumPy arrays)."""
     state = {}
-    for key, (variable, transpose) in variable_map(model).items():
-        value = keras.ops.convert_to_numpy(variable)
-        state[key] = value.T if transpose else value
+    for key, (variable, layout) in variable_map(model).items():
+        state[key] = to_torch_layout(keras.ops.convert_to_numpy(variable), layout)
     return state
 
 
@@ -161,9 +200,8 @@ def checkpoint_filter_fn(state_dict, model):
     model_head = {k for k in mapping if k.startswith("head.")}
 
     def fits(key):
-        variable, transpose = mapping[key]
-        shape = np.shape(state[key])
-        return tuple(shape[::-1] if transpose else shape) == tuple(variable.shape)
+        variable, layout = mapping[key]
+        return tuple(np.shape(state[key])) == torch_shape(variable.shape, layout)
 
     if head_keys and not (head_keys == model_head and all(fits(k) for k in head_keys)):
         if model_head:
@@ -189,7 +227,7 @@ def checkpoint_filter_fn(state_dict, model):
         )
 
     out = {}
-    for key, (variable, transpose) in mapping.items():
+    for key, (variable, layout) in mapping.items():
         if key not in state:
             continue
         value = np.asarray(state[key])
@@ -201,14 +239,12 @@ def checkpoint_filter_fn(state_dict, model):
             old_grid = _grid_of(value.shape[1] - 1, model)
             value = resize_pos_embed(value, model.grid_size, old_grid)
             report["pos_embed_resized"] = (old_grid, tuple(model.grid_size))
-        if transpose:
-            value = value.T
-        if value.shape != tuple(variable.shape):
+        expected = torch_shape(variable.shape, layout)
+        if value.shape != expected:
             raise ValueError(
-                f"{key} has shape {np.shape(state[key])} in the weights; the model "
-                f"({_describe(model)}) needs {tuple(variable.shape)[::-1] if transpose else tuple(variable.shape)}."
+                f"{key} has shape {np.shape(state[key])} in the weights; the model ({_describe(model)}) needs {expected}."
             )
-        out[variable.path] = value
+        out[variable.path] = from_torch_layout(value, layout)
         report["loaded"] += 1
     return out, report
 
@@ -233,8 +269,10 @@ def _few(keys, limit=6):
 
 def _describe(model):
     h, w, _ = model.image_shape
+    block_type = getattr(model, "block_type", "standard")
+    blocks = "" if block_type == "standard" else f"{block_type} blocks, "
     return (
-        f"{model.t2t_type} T2T, embed_dim {model.embed_dim}, depth {model.depth}, "
+        f"{model.t2t_type} T2T, {blocks}embed_dim {model.embed_dim}, depth {model.depth}, "
         f"{h}x{w} input"
     )
 

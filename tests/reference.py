@@ -477,3 +477,218 @@ def forward(state_dict, images_nhwc, config, qk_scale=None, pooling="token",
         return {"logits": logits, "pooled": pooled, "tokens": x, "blocks": blocks,
                 "t2t": tokens, "grid": grid}
     return logits
+
+
+# --------------------------------------------------------------------------
+# backbone studies (spec sections 8 and 9): SE, ghost and dense blocks
+# --------------------------------------------------------------------------
+# Study config keys, besides those above:
+#     block_type   'se' | 'ghost' | 'dense'
+#     dense_stages (blocks per stage) and growth_rate, for 'dense' (depth unused)
+# Checkpoint keys: SE adds blocks.{i}.attn.se_layer.fc.0/.fc.2 (no bias);
+# ghost has blocks.{i}.attn.{q,k,v} and .attn.cheap_operation_{q,k,v} (C,1,1),
+# .mlp.fc1 (D,D), .mlp.cheap_operation{2,3} (D,1,1), .mlp.fc2 (D,3D);
+# dense numbers blocks and transitions together: blocks.{k}.dense_linear in a
+# block, blocks.{k}.linear in a transition.
+SE_REDUCTION = 16
+
+__all__ += [
+    "normalize_study_config",
+    "dense_layout",
+    "make_study_state_dict",
+    "se_attention",
+    "ghost_attention",
+    "ghost_mlp",
+    "study_block",
+    "dense_block",
+    "forward_study",
+]
+
+
+def normalize_study_config(config):
+    """``normalize_config`` plus the study keys; a dense config gets depth = sum(dense_stages)."""
+    cfg = dict(config)
+    block_type = cfg.get("block_type")
+    if block_type not in ("se", "ghost", "dense"):
+        raise ValueError(f"unknown block_type {block_type!r}")
+    if block_type == "dense":
+        cfg["dense_stages"] = [int(n) for n in cfg["dense_stages"]]
+        cfg["growth_rate"] = int(cfg["growth_rate"])
+        cfg["depth"] = sum(cfg["dense_stages"])
+    out = normalize_config(cfg)
+    out["block_type"] = block_type
+    if block_type == "ghost" and out["mlp_ratio"] != 3.0:
+        raise ValueError("the ghost MLP's fc2 reads 3 x embed_dim features: mlp_ratio must be 3")
+    return out
+
+
+def dense_layout(cfg):
+    """[(checkpoint index, 'block' | 'transition', input width)], and the final width."""
+    layout, index, width = [], 0, cfg["embed_dim"]
+    stages = cfg["dense_stages"]
+    for s, n in enumerate(stages):
+        for _ in range(n):
+            layout.append((index, "block", width))
+            index += 1
+            width += cfg["growth_rate"]
+        if s < len(stages) - 1:
+            layout.append((index, "transition", width))
+            index += 1
+            width //= 2
+    return layout, width
+
+
+def make_study_state_dict(config, rng=0):
+    """Random float32 state dict of a study model in the authors' key layout."""
+    cfg = normalize_study_config(config)
+    rng = np.random.default_rng(rng)
+    # The T2T module, class token and position table are those of the main family.
+    stem = make_state_dict(dict(cfg, depth=0, classes=0), rng)
+    sd = {k: np.asarray(v, dtype=np.float64) for k, v in stem.items() if not k.startswith("norm.")}
+
+    def lin(name, n_out, n_in, bias=True, gain=1.0):
+        sd[name + ".weight"] = rng.standard_normal((n_out, n_in)) * (gain / math.sqrt(n_in))
+        if bias:
+            sd[name + ".bias"] = rng.standard_normal(n_out) * 0.02
+
+    def norm(name, n):
+        sd[name + ".weight"] = 1.0 + 0.1 * rng.standard_normal(n)
+        sd[name + ".bias"] = 0.05 * rng.standard_normal(n)
+
+    def vit_block(p, d):
+        norm(p + "norm1", d)
+        lin(p + "attn.qkv", 3 * d, d, bias=cfg["qkv_bias"])
+        lin(p + "attn.proj", d, d, gain=0.7)
+        norm(p + "norm2", d)
+        hidden = int(d * cfg["mlp_ratio"])
+        lin(p + "mlp.fc1", hidden, d)
+        lin(p + "mlp.fc2", d, hidden, gain=0.7)
+
+    d = cfg["embed_dim"]
+    if cfg["block_type"] == "dense":
+        layout, final = dense_layout(cfg)
+        for index, kind, width in layout:
+            p = f"blocks.{index}."
+            if kind == "block":
+                vit_block(p, width)
+                lin(p + "dense_linear", cfg["growth_rate"], width)
+            else:
+                lin(p + "linear", width // 2, width)
+    else:
+        final = d
+        for i in range(cfg["depth"]):
+            p = f"blocks.{i}."
+            if cfg["block_type"] == "se":
+                vit_block(p, d)
+                lin(p + "attn.se_layer.fc.0", d // SE_REDUCTION, d, bias=False)
+                lin(p + "attn.se_layer.fc.2", d, d // SE_REDUCTION, bias=False, gain=2.0)
+            else:
+                norm(p + "norm1", d)
+                for name in ("q", "k", "v"):
+                    lin(p + "attn." + name, d // 2, d, bias=cfg["qkv_bias"])
+                    sd[p + f"attn.cheap_operation_{name}.weight"] = rng.uniform(-1.0, 1.0, (d // 2, 1, 1))
+                lin(p + "attn.proj", d, d, gain=0.7)
+                norm(p + "norm2", d)
+                lin(p + "mlp.fc1", d, d)
+                for n in (2, 3):
+                    sd[p + f"mlp.cheap_operation{n}.weight"] = rng.uniform(-1.0, 1.0, (d, 1, 1))
+                lin(p + "mlp.fc2", d, 3 * d, gain=0.7)
+    norm("norm", final)
+    if cfg["classes"] > 0:
+        lin("head", cfg["classes"], final)
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
+
+
+def _heads(x, num_heads):
+    b, n, d = x.shape
+    return x.reshape(b, n, num_heads, d // num_heads).transpose(0, 2, 1, 3)
+
+
+def _multi_head(q, k, v, num_heads, qk_scale):
+    b, n, d = q.shape
+    q, k, v = (_heads(t, num_heads) for t in (q, k, v))
+    scale = qk_scale if qk_scale is not None else (d // num_heads) ** -0.5
+    a = softmax((q * scale) @ np.swapaxes(k, -1, -2), axis=-1)
+    return (a @ v).transpose(0, 2, 1, 3).reshape(b, n, d)
+
+
+def se_attention(sd, prefix, x, num_heads, qk_scale=None):
+    """Backbone attention, then SE on its output: x * sigmoid(W2 relu(W1 mean_tokens(x)))."""
+    k_ = lambda n: _key(prefix, n)
+    y = attention(sd, prefix, x, num_heads, qk_scale)
+    s = np.maximum(linear(y.mean(axis=1), sd[k_("se_layer.fc.0.weight")]), 0.0)
+    s = 1.0 / (1.0 + np.exp(-linear(s, sd[k_("se_layer.fc.2.weight")])))
+    return y * s[:, None, :]
+
+
+def ghost_attention(sd, prefix, x, num_heads, qk_scale=None):
+    """q, k, v at half width, each concatenated with its per-channel cheap copy, then heads."""
+    k_ = lambda n: _key(prefix, n)
+    x = _f64(x)
+    parts = []
+    for name in ("q", "k", "v"):
+        t = _linear_sd(sd, k_(name), x)
+        cheap = t * _f64(sd[k_(f"cheap_operation_{name}.weight")]).reshape(-1)
+        parts.append(np.concatenate([t, cheap], axis=-1))
+    return _linear_sd(sd, k_("proj"), _multi_head(*parts, num_heads, qk_scale))
+
+
+def ghost_mlp(sd, prefix, x):
+    """h = gelu(fc1 x); fc2 [h, gelu(h * c2), gelu(h * c3)]."""
+    k_ = lambda n: _key(prefix, n)
+    h = gelu(_linear_sd(sd, k_("fc1"), x))
+    copies = [gelu(h * _f64(sd[k_(f"cheap_operation{n}.weight")]).reshape(-1)) for n in (2, 3)]
+    return _linear_sd(sd, k_("fc2"), np.concatenate([h] + copies, axis=-1))
+
+
+def study_block(sd, prefix, x, num_heads, block_type, qk_scale=None):
+    """Pre-norm block with the SE or ghost attention (and the ghost MLP)."""
+    k_ = lambda n: _key(prefix, n)
+    x = _f64(x)
+    attn = se_attention if block_type == "se" else ghost_attention
+    x = x + attn(sd, k_("attn"), _ln_sd(sd, k_("norm1"), x), num_heads, qk_scale)
+    h = _ln_sd(sd, k_("norm2"), x)
+    if block_type == "ghost":
+        return x + ghost_mlp(sd, k_("mlp"), h)
+    z = _linear_sd(sd, k_("mlp.fc2"), gelu(_linear_sd(sd, k_("mlp.fc1"), h)))
+    return x + z
+
+
+def dense_block(sd, prefix, x, num_heads, qk_scale=None):
+    """[x, dense_linear(block(x))] on channels."""
+    new = _linear_sd(sd, _key(prefix, "dense_linear"), block(sd, prefix, x, num_heads, qk_scale))
+    return np.concatenate([_f64(x), new], axis=-1)
+
+
+def forward_study(state_dict, images_nhwc, config, qk_scale=None, pooling="token", return_features=False):
+    """Inference forward of a study model (float64); as ``forward``.
+
+    With return_features, 'blocks' holds every block's output in order (for
+    dense: only the blocks, not the transitions).
+    """
+    if pooling not in ("token", "avg"):
+        raise ValueError(f"pooling must be 'token' or 'avg', got {pooling!r}")
+    cfg = normalize_study_config(config)
+    sd = state_dict
+    tokens, grid = t2t_module(sd, images_nhwc, cfg)
+    b, n, d = tokens.shape
+    cls = np.broadcast_to(_f64(sd["cls_token"]).reshape(1, 1, d), (b, 1, d))
+    x = np.concatenate([cls, tokens], axis=1) + _f64(sd["pos_embed"])
+    blocks = []
+    if cfg["block_type"] == "dense":
+        for index, kind, _ in dense_layout(cfg)[0]:
+            if kind == "block":
+                x = dense_block(sd, f"blocks.{index}", x, cfg["num_heads"], qk_scale)
+                blocks.append(x)
+            else:
+                x = gelu(_linear_sd(sd, f"blocks.{index}.linear", x))
+    else:
+        for i in range(cfg["depth"]):
+            x = study_block(sd, f"blocks.{i}", x, cfg["num_heads"], cfg["block_type"], qk_scale)
+            blocks.append(x)
+    x = _ln_sd(sd, "norm", x)
+    pooled = x[:, 0] if pooling == "token" else x[:, 1:].mean(axis=1)
+    logits = _linear_sd(sd, "head", pooled) if "head.weight" in sd else pooled
+    if return_features:
+        return {"logits": logits, "pooled": pooled, "tokens": x, "blocks": blocks, "t2t": tokens, "grid": grid}
+    return logits

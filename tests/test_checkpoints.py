@@ -306,7 +306,7 @@ def test_cli_converts_to_keras_and_the_file_gives_the_reference_logits(tmp_path,
     output = tmp_path / "t2t_vit_7.keras"
     code, out, err = _run_cli(capsys, t7.path, "--output", output)
     assert code == 0, err
-    for expected in ("variant: t2t_vit_7 (detected)", "T2T type: performer", "weights entry: state_dict_ema",
+    for expected in ("variant: t2t_vit_7 (detected)", "performer T2T, embed_dim 256, depth 7", "weights entry: state_dict_ema",
                      "arch 'T2t_vit_7'", "epoch 309", "image size: 224x224", "classes: 1000",
                      f"parameters: {T2T_VIT_7_PARAMS}", "max abs diff 0", "111 tensors equal the checkpoint's"):
         assert expected in out, (expected, out)
