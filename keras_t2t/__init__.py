@@ -16,10 +16,23 @@ from keras_t2t.layers import (
     TokenTransformer,
     TransformerBlock,
 )
-from keras_t2t.model import T2TViT
+from keras_t2t.model import T2TViT, T2TViTDense
 from keras_t2t.preprocessing import preprocess_input
+from keras_t2t.study_layers import (
+    CheapOperation,
+    DenseBlock,
+    DenseTransition,
+    GhostAttention,
+    GhostBlock,
+    GhostMlp,
+    SEAttention,
+    SEBlock,
+    SqueezeExcite,
+)
 from keras_t2t.variants import (
+    ALL_VARIANTS,
     RELEASED_WEIGHTS,
+    STUDY_VARIANTS,
     VARIANTS,
     create_model,
     detect_variant,
@@ -27,6 +40,7 @@ from keras_t2t.variants import (
     list_variants,
 )
 from keras_t2t.variants import BUILDERS as _BUILDERS
+from keras_t2t.vit import VIT_CONFIGS, ViT, create_vit, vit_base_patch16, vit_mini, vit_small_patch16
 from keras_t2t.weights import load_weights, model_state_dict, resize_pos_embed
 
 t2t_vit_7 = _BUILDERS["t2t_vit_7"]
@@ -40,6 +54,10 @@ t2t_vit_t_19 = _BUILDERS["t2t_vit_t_19"]
 t2t_vit_t_24 = _BUILDERS["t2t_vit_t_24"]
 t2t_vit_14_resnext = _BUILDERS["t2t_vit_14_resnext"]
 t2t_vit_14_wide = _BUILDERS["t2t_vit_14_wide"]
+# The paper's backbone studies (STUDY_VARIANTS).
+t2t_vit_14_se = _BUILDERS["t2t_vit_14_se"]
+t2t_vit_16_ghost = _BUILDERS["t2t_vit_16_ghost"]
+t2t_vit_dense = _BUILDERS["t2t_vit_dense"]
 
 
 def decode_predictions(preds, top=5):

@@ -1,6 +1,7 @@
 """Train a T2T-ViT from scratch with the paper's recipe (or fine-tune, or validate a checkpoint).
 
     python training/train.py --output-dir runs/digits                 # built-in digits, no download
+    python training/train.py --output-dir runs/digits_vit --model vit_mini   # the ViT baseline, same recipe
     python training/train.py --output-dir runs/c10 --dataset cifar10 --model t2t_vit_7 --image-size 224
     python training/train.py --output-dir runs/in1k --dataset folder --data-dir /data/imagenet \\
         --model t2t_vit_14                                            # DIR/train/<class>/*, DIR/val/<class>/*
@@ -36,7 +37,8 @@ ALIASES = {
     "warmup_epochs": ["--warmup-epochs"],
 }
 HELP = {
-    "model": "t2t_vit_mini (the digits default) or a keras_t2t variant (t2t_vit_7 ... t2t_vit_t_24)",
+    "model": "t2t_vit_mini (the digits default), a keras_t2t variant (t2t_vit_7 ... t2t_vit_t_24), or a ViT "
+             "baseline (vit_mini, vit_small_patch16, vit_base_patch16; keras_t2t.vit)",
     "dataset": "'digits' (built in, no download), 'folder' (--data-dir with train/ and val/), or a TFDS name",
     "data_dir": "the folder for --dataset folder (or where the digits are written); TFDS's data_dir otherwise",
     "manual_dir": "TFDS manual download folder (imagenet2012's tar files)",

@@ -32,21 +32,41 @@ from keras_t2t.training.recipe import MINI_MODEL, MINI_NAME, Recipe
 RESUMABLE_CHANGES = ("cache", "jit_compile", "data_dir", "manual_dir")
 
 
-def model_names():
-    from keras_t2t.variants import VARIANTS
+def model_families():
+    """name -> (builder, weight loader): every model the trainer can build, by name.
 
-    return [MINI_NAME] + list(VARIANTS)
+    A builder takes the ``keras.applications`` keywords (input_shape, classes,
+    classifier_activation, drop_path_rate, ...); a loader takes ``(model, path)``
+    and returns a report. T2T-ViT loads any keras_t2t format (the authors'
+    ``.pth.tar`` included); ViT loads this package's own files only.
+    """
+    import functools
+
+    from keras_t2t import T2TViT, create_model, load_weights
+    from keras_t2t.variants import ALL_VARIANTS
+    from keras_t2t.vit import VIT_CONFIGS, create_vit, load_vit_weights
+
+    families = {MINI_NAME: (functools.partial(T2TViT, name=MINI_NAME, **MINI_MODEL), load_weights)}
+    families.update({name: (functools.partial(create_model, name), load_weights) for name in ALL_VARIANTS})
+    families.update({name: (functools.partial(create_vit, name), load_vit_weights) for name in VIT_CONFIGS})
+    return families
+
+
+def model_names():
+    return list(model_families())
 
 
 def build_model(recipe, num_classes, weights=None, verbose=True):
-    """The recipe's model with a ``num_classes`` logits head; ``weights`` (any keras_t2t format) loaded.
+    """The recipe's model with a ``num_classes`` logits head; ``weights`` loaded by the model's own loader.
 
-    Loading adapts what differs (the head is dropped for another class count, the
-    position table resized for another image size), as the authors' fine-tuning does.
+    Loading adapts what the loader can (for T2T-ViT: the head is dropped for
+    another class count, the position table resized for another image size,
+    as the authors' fine-tuning does).
     """
-    from keras_t2t import T2TViT, create_model, load_weights
-    from keras_t2t.variants import VARIANTS
-
+    families = model_families()
+    if recipe.model not in families:
+        raise ValueError(f"Unknown model {recipe.model!r}; accepted: {', '.join(families)}.")
+    builder, loader = families[recipe.model]
     kwargs = dict(
         input_shape=(recipe.image_size, recipe.image_size, 3),
         classes=num_classes,
@@ -55,12 +75,7 @@ def build_model(recipe, num_classes, weights=None, verbose=True):
     )
     if recipe.t2t_dropout != -1.0:
         kwargs["t2t_dropout"] = recipe.t2t_dropout
-    if recipe.model == MINI_NAME:
-        model = T2TViT(name=MINI_NAME, **MINI_MODEL, **kwargs)
-    elif recipe.model in VARIANTS:
-        model = create_model(recipe.model, **kwargs)
-    else:
-        raise ValueError(f"Unknown model {recipe.model!r}; accepted: {', '.join(model_names())}.")
+    model = builder(**kwargs)
     if weights:
         if os.fspath(weights).endswith(".weights.h5"):
             try:
@@ -68,9 +83,9 @@ def build_model(recipe, num_classes, weights=None, verbose=True):
                 model.load_weights(weights)
                 report = "loaded as saved (same configuration)"
             except ValueError:
-                report = load_weights(model, weights)
+                report = loader(model, weights)
         else:
-            report = load_weights(model, weights)
+            report = loader(model, weights)
         if verbose:
             print(f"weights: {os.fspath(weights)}: {report}")
     return model
