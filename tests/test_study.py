@@ -322,3 +322,14 @@ def test_unknown_variant_lists_the_studies():
         keras_t2t.create_model("t2t_vit_dense_2")
     assert keras_t2t.list_variants(studies=True)[-3:] == list(SPEC_STUDY_PARAMETER_COUNTS)
     assert "t2t_vit_dense" not in keras_t2t.list_variants()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="time budget: the trainer's model table is backend-independent")
+def test_the_trainer_builds_every_study_model_by_name():
+    from keras_t2t.training.recipe import Recipe
+    from keras_t2t.training.trainer import build_model, model_names
+
+    assert set(SPEC_STUDY_PARAMETER_COUNTS) <= set(model_names())
+    model = build_model(Recipe(model="t2t_vit_16_ghost", image_size=32), num_classes=10, verbose=False)
+    assert model.block_type == "ghost" and model.depth == 16 and model.output_shape == (None, 10)
