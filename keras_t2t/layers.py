@@ -16,6 +16,10 @@ from keras import ops
 LAYER_NORM_EPSILON = 1e-5
 # The reference's performer adds this to the normaliser D (spec section 3).
 PERFORMER_EPSILON = 1e-8
+# TokenTransformer: above this many tokens (3136 in T2T-ViT_t's first layer; 784 in
+# its second is below) the attention runs over chunks of this many queries.
+DEFAULT_ATTENTION_CHUNK_THRESHOLD = 1024
+DEFAULT_ATTENTION_CHUNK_SIZE = 392
 
 _PACKAGE = "keras_t2t"
 
@@ -53,6 +57,74 @@ def sinusoid_table(num_positions, dim):
     return table[None].astype("float32")
 
 
+def _unfold_indices(padded_height, padded_width, kernel_size, strides):
+    """Flat pixel index of every window pixel, (gh * gw * k * k,) int32, window-major.
+
+    Index ``(t * k + i) * k + j`` of the result is pixel (row, col) =
+    (s * (t // gw) + i, s * (t % gw) + j) of the padded image, row-major.
+    """
+    k, s = kernel_size, strides
+    gh = (padded_height - k) // s + 1
+    gw = (padded_width - k) // s + 1
+    rows = (np.arange(gh) * s)[:, None, None, None] + np.arange(k)[None, None, :, None]
+    cols = (np.arange(gw) * s)[None, :, None, None] + np.arange(k)[None, None, None, :]
+    return (rows * padded_width + cols).reshape(-1).astype("int32")
+
+
+def _attention_core(q, k, v, scale):
+    """softmax(q k^T * scale) v for (B, heads, T, d) tensors (heads first).
+
+    torch: its fused ``scaled_dot_product_attention`` (via ``ops.dot_product_attention``,
+    whose layout is (B, T, heads, d); the transposes are views there). TensorFlow and
+    JAX: two batched matmuls in the heads-first layout, which XLA and oneDNN run about
+    twice as fast as ``ops.dot_product_attention``'s einsums on CPU. The logits and the
+    softmax are float32 under mixed precision, as in ``ops.dot_product_attention``.
+    """
+    if keras.backend.backend() == "torch":
+        out = ops.dot_product_attention(
+            ops.transpose(q, (0, 2, 1, 3)),
+            ops.transpose(k, (0, 2, 1, 3)),
+            ops.transpose(v, (0, 2, 1, 3)),
+            scale=scale,
+        )
+        return ops.transpose(out, (0, 2, 1, 3))
+    logits = ops.matmul(q * ops.cast(scale, q.dtype), ops.transpose(k, (0, 1, 3, 2)))
+    probs = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+    return ops.matmul(ops.cast(probs, v.dtype), v)
+
+
+def chunked_attention(q, k, v, scale, query_chunk_size=None):
+    """Softmax attention on (B, heads, T, d) tensors; exact, optionally query-chunked.
+
+    With ``query_chunk_size`` and more than that many queries, the queries are
+    split into static chunks of ``query_chunk_size`` rows and each chunk attends
+    to all keys: every row's softmax is the same computation, but only a
+    (B, heads, chunk, T) block of logits exists at a time instead of
+    (B, heads, T, T) (1.26 GB at batch 32 for the 3136 tokens of T2T-ViT_t).
+    """
+    tokens = q.shape[2]
+    if (
+        not query_chunk_size
+        or tokens is None
+        or tokens <= query_chunk_size
+        # torch's fused CPU kernel already works through the queries in blocks.
+        or keras.backend.backend() == "torch"
+    ):
+        return _attention_core(q, k, v, scale)
+    num_chunks = -(-tokens // query_chunk_size)
+    padded = num_chunks * query_chunk_size
+    if padded != tokens:
+        # Zero query rows fill the last chunk; their outputs are dropped below.
+        q = ops.pad(q, [[0, 0], [0, 0], [0, padded - tokens], [0, 0]])
+    _, heads, _, depth = q.shape
+    # (chunks, B, heads, chunk, d): ``ops.map`` is a loop (lax.map, tf.map_fn), so
+    # XLA cannot schedule the chunks' logits side by side as it may unrolled slices.
+    q = ops.transpose(ops.reshape(q, (-1, heads, num_chunks, query_chunk_size, depth)), (2, 0, 1, 3, 4))
+    out = ops.map(lambda q_chunk: _attention_core(q_chunk, k, v, scale), q)
+    out = ops.reshape(ops.transpose(out, (1, 2, 0, 3, 4)), (-1, heads, padded, v.shape[-1]))
+    return out[:, :, :tokens] if padded != tokens else out
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SoftSplit(keras.layers.Layer):
     """Soft split: every ``k x k`` window (zero padded) becomes one token.
@@ -86,14 +158,25 @@ class SoftSplit(keras.layers.Layer):
         gh, gw = self.output_grid(height, width)
         if p:
             images = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
-        # One strided slice per window offset (i, j); stacking them after the
-        # channel axis gives the channel-major feature order of torch's Unfold.
-        windows = [
-            images[:, i : i + s * (gh - 1) + 1 : s, j : j + s * (gw - 1) + 1 : s, :]
-            for i in range(k)
-            for j in range(k)
-        ]
-        patches = ops.stack(windows, axis=-1)
+        if keras.backend.backend() == "jax":
+            # XLA fuses k * k strided slices and their stack into one copy loop; its
+            # CPU gather is slower. Stacking after the channel axis gives the
+            # channel-major feature order of torch's Unfold.
+            windows = [
+                images[:, i : i + s * (gh - 1) + 1 : s, j : j + s * (gw - 1) + 1 : s, :]
+                for i in range(k)
+                for j in range(k)
+            ]
+            patches = ops.stack(windows, axis=-1)
+            return ops.reshape(patches, (-1, gh * gw, channels * k * k))
+        # TensorFlow (graph/eager) and torch: one gather of all window pixels (a pure
+        # copy, exact) runs 2-4x faster than k * k slices and a stack there:
+        # (B, Hp * Wp, C) -> (B, gh * gw * k * k, C), then the window axis moves
+        # after the channels for the channel-major order.
+        flat = ops.reshape(images, (-1, (height + 2 * p) * (width + 2 * p), channels))
+        patches = ops.take(flat, _unfold_indices(height + 2 * p, width + 2 * p, k, s), axis=1)
+        patches = ops.reshape(patches, (-1, gh * gw, k * k, channels))
+        patches = ops.transpose(patches, (0, 1, 3, 2))
         return ops.reshape(patches, (-1, gh * gw, channels * k * k))
 
     def get_config(self):
@@ -229,12 +312,26 @@ class TokenTransformer(keras.layers.Layer):
     ``input_dim ** -0.5`` (147 or 576), not ``token_dim ** -0.5``.
     """
 
-    def __init__(self, token_dim=64, mlp_ratio=1.0, dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        token_dim=64,
+        mlp_ratio=1.0,
+        dropout=0.0,
+        attention_chunk_size=DEFAULT_ATTENTION_CHUNK_SIZE,
+        attention_chunk_threshold=DEFAULT_ATTENTION_CHUNK_THRESHOLD,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         # === config ===
         self.token_dim = int(token_dim)
         self.mlp_ratio = float(mlp_ratio)
         self.dropout = float(dropout)
+        # Above ``attention_chunk_threshold`` tokens the attention runs in chunks of
+        # ``attention_chunk_size`` queries (same result; memory O(chunk x tokens)).
+        self.attention_chunk_size = int(attention_chunk_size)
+        self.attention_chunk_threshold = int(attention_chunk_threshold)
+        if self.attention_chunk_size < 1:
+            raise ValueError(f"attention_chunk_size must be >= 1; got {attention_chunk_size!r}.")
 
         policy = self.dtype_policy
         self.norm1 = _layer_norm("norm1", dtype=policy)
@@ -266,20 +363,29 @@ class TokenTransformer(keras.layers.Layer):
     def call(self, x, training=None):
         qkv = self.qkv(self.norm1(x))
         q, k, v = ops.split(qkv, 3, axis=-1)
-        # (B, T, heads=1, token_dim) for the fused attention kernel.
-        attended = ops.dot_product_attention(
-            ops.expand_dims(q, 2),
-            ops.expand_dims(k, 2),
-            ops.expand_dims(v, 2),
+        tokens = x.shape[1]
+        chunk = self.attention_chunk_size if tokens is not None and tokens > self.attention_chunk_threshold else None
+        # (B, heads=1, T, token_dim).
+        attended = chunked_attention(
+            ops.expand_dims(q, 1),
+            ops.expand_dims(k, 1),
+            ops.expand_dims(v, 1),
             scale=self.input_dim**-0.5,
+            query_chunk_size=chunk,
         )
-        attended = ops.squeeze(attended, 2)
+        attended = ops.squeeze(attended, 1)
         y = v + self.proj_drop(self.proj(attended), training=training)
         return y + self.mlp(self.norm2(y), training=training)
 
     def get_config(self):
         config = super().get_config()
-        config.update(token_dim=self.token_dim, mlp_ratio=self.mlp_ratio, dropout=self.dropout)
+        config.update(
+            token_dim=self.token_dim,
+            mlp_ratio=self.mlp_ratio,
+            dropout=self.dropout,
+            attention_chunk_size=self.attention_chunk_size,
+            attention_chunk_threshold=self.attention_chunk_threshold,
+        )
         return config
 
 
@@ -487,13 +593,21 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call(self, x, training=None):
         tokens, dim = x.shape[1], x.shape[2]
         qkv = ops.reshape(self.qkv(x), (-1, tokens, 3, self.num_heads, self.head_dim))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if training and self.attn_dropout > 0.0:
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
             logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * ops.cast(self.scale, q.dtype)
             weights = self.attn_drop(ops.softmax(logits, axis=-1), training=training)
             out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
-        else:
+        elif keras.backend.backend() == "torch":
+            # torch's fused scaled_dot_product_attention takes the strided views as they are.
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
             out = ops.dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            # (3, B, heads, T, head_dim): one transpose for q, k and v together, then
+            # batched matmuls (see _attention_core), back to (B, T, heads, head_dim).
+            qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+            out = _attention_core(qkv[0], qkv[1], qkv[2], self.scale)
+            out = ops.transpose(out, (0, 2, 1, 3))
         out = ops.reshape(out, (-1, tokens, dim))
         return self.proj_drop(self.proj(out), training=training)
 

@@ -1,0 +1,101 @@
+"""The speed/memory code paths of keras_t2t.layers against the NumPy reference, to 1e-5.
+
+Each path is forced on small inputs so it runs in seconds: the query-chunked
+attention (used by TokenTransformer above ``attention_chunk_threshold`` tokens:
+T2T-ViT_t's 3136-token first layer), with chunks that do and do not divide the
+token count, forward and backward; and the soft split's gather on an input
+where windows overlap and padding is large. Speed itself is measured by
+``benchmarks/run.py``, never asserted here.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import reference as ref
+from keras_t2t import layers
+
+ATOL = 1e-5
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _transformer_layer(sd, prefix, dim, **kwargs):
+    layer = layers.TokenTransformer(token_dim=64, **kwargs)
+    layer.build((None, None, dim))
+    layer.norm1.gamma.assign(sd[prefix + ".norm1.weight"])
+    layer.norm1.beta.assign(sd[prefix + ".norm1.bias"])
+    layer.qkv.kernel.assign(sd[prefix + ".attn.qkv.weight"].T)
+    layer.proj.kernel.assign(sd[prefix + ".attn.proj.weight"].T)
+    layer.proj.bias.assign(sd[prefix + ".attn.proj.bias"])
+    layer.norm2.gamma.assign(sd[prefix + ".norm2.weight"])
+    layer.norm2.beta.assign(sd[prefix + ".norm2.bias"])
+    for name in ("fc1", "fc2"):
+        dense = getattr(layer.mlp, name)
+        dense.kernel.assign(sd[f"{prefix}.mlp.{name}.weight"].T)
+        dense.bias.assign(sd[f"{prefix}.mlp.{name}.bias"])
+    return layer
+
+
+@pytest.mark.parametrize("tokens,chunk", [(48, 16), (50, 16), (37, 64)])
+def test_chunked_token_transformer_matches_reference(tokens, chunk, rng):
+    # threshold 8 < tokens: the chunked path runs (48 = 3 x 16 even, 50 = 3 x 16 + 2
+    # padded, 37 < one chunk of 64 falls back to the plain attention).
+    config = {"t2t_type": "transformer", "image_size": (224, 224), "embed_dim": 32, "depth": 1,
+              "num_heads": 1, "mlp_ratio": 1.0}
+    sd = ref.make_state_dict(config, rng)
+    prefix = "tokens_to_token.attention1"
+    x = rng.standard_normal((2, tokens, 147)).astype("float32")
+    layer = _transformer_layer(sd, prefix, 147, attention_chunk_size=chunk, attention_chunk_threshold=8)
+    out = _np(layer(x, training=False))
+    np.testing.assert_allclose(out, ref.token_transformer(sd, prefix, x), atol=ATOL, rtol=ATOL)
+
+
+def test_chunk_threshold_and_size_are_config():
+    layer = layers.TokenTransformer(attention_chunk_size=16, attention_chunk_threshold=8)
+    clone = layers.TokenTransformer.from_config(layer.get_config())
+    assert (clone.attention_chunk_size, clone.attention_chunk_threshold) == (16, 8)
+    defaults = layers.TokenTransformer()
+    # T2T-ViT_t: the 3136-token first layer is chunked, the 784-token second is not.
+    assert defaults.attention_chunk_threshold < 3136 and defaults.attention_chunk_threshold >= 784
+    with pytest.raises(ValueError, match="attention_chunk_size"):
+        layers.TokenTransformer(attention_chunk_size=0)
+
+
+@pytest.mark.parametrize("tokens,chunk", [(40, 8), (41, 8)])
+def test_chunked_attention_multi_head_matches_softmax_attention(tokens, chunk, rng):
+    q, k, v = (rng.standard_normal((2, 3, tokens, 16)).astype("float32") for _ in range(3))
+    scale = 0.3
+    logits = np.einsum("bhqd,bhkd->bhqk", q.astype("float64") * scale, k.astype("float64"))
+    expected = ref.softmax(logits, axis=-1) @ v.astype("float64")
+    chunked = _np(layers.chunked_attention(q, k, v, scale, query_chunk_size=chunk))
+    plain = _np(layers.chunked_attention(q, k, v, scale))
+    np.testing.assert_allclose(chunked, expected, atol=ATOL, rtol=ATOL)
+    np.testing.assert_allclose(plain, expected, atol=ATOL, rtol=ATOL)
+
+
+def test_chunked_token_transformer_trains(rng):
+    # Gradients flow through the chunk loop (lax.map / tf.map_fn) like through the plain path.
+    x = rng.standard_normal((4, 24, 12)).astype("float32")
+    y = rng.standard_normal((4, 24, 8)).astype("float32")
+    losses = {}
+    for name, threshold in (("chunked", 4), ("plain", 10_000)):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((24, 12))
+        outputs = layers.TokenTransformer(
+            token_dim=8, attention_chunk_size=7, attention_chunk_threshold=threshold
+        )(inputs)
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        losses[name] = [float(model.train_on_batch(x, y)) for _ in range(3)]
+    assert losses["chunked"][-1] < losses["chunked"][0]
+    np.testing.assert_allclose(losses["chunked"], losses["plain"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("height,width,k,s,p,channels", [(9, 11, 5, 1, 3, 4), (8, 8, 3, 3, 0, 2)])
+def test_soft_split_overlap_and_large_padding(height, width, k, s, p, channels, rng):
+    x = rng.standard_normal((3, height, width, channels)).astype("float32")
+    out = _np(layers.SoftSplit(k, s, p)(x))
+    np.testing.assert_array_equal(out, ref.unfold(x, k, s, p).astype("float32"))
