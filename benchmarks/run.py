@@ -14,6 +14,14 @@ and model build included). Cases:
 * ``train_b32``: ``train_on_batch`` images/s at batch 32, AdamW, after warm-up.
 * ``tflite_b1`` (TensorFlow only): float32 ``.tflite`` median latency at batch 1
   with the LiteRT interpreter (all cores).
+* ``infer_b32_bf16``: as ``infer_b32`` under the ``mixed_bfloat16`` policy, plus
+  the top-1 agreement with the float32 model (same weights) on real images
+  (scikit-learn's digits, upsampled to the image size).
+
+For T2T-ViT_t variants every result also gives ``attention_materialised_mb``:
+the float32 (B, 1, N, N) logits of the first T2T layer's N-token attention
+(3136 at 224: 1.26 GB at batch 32), what materialising it would need on top of
+the rest; compare with ``peak_rss_mb``.
 
 Achieved GFLOP/s use ``keras_t2t.flops`` (training: 3 x forward, an estimate)
 and are compared with the machine's float32 and bfloat16 matmul peak measured
@@ -38,7 +46,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 BACKENDS = ("tensorflow", "jax", "torch")
-CASES = ("infer_b32", "latency_b1", "train_b32", "tflite_b1")
+CASES = ("infer_b32", "latency_b1", "train_b32", "tflite_b1", "infer_b32_bf16")
+AGREEMENT_IMAGES = 256
 DEFAULT_VARIANTS = ("t2t_vit_7", "t2t_vit_14", "t2t_vit_t_14")
 
 
@@ -58,7 +67,10 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
 
     assert keras.backend.backend() == backend, (keras.backend.backend(), backend)
     shape = (image_size, image_size, 3)
+    if case == "infer_b32_bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = create_model(variant, input_shape=shape)
+    keras.mixed_precision.set_global_policy("float32")
     flops_per_image = flops.count_flops(model)["total_flops"]
     batch = 1 if case in ("latency_b1", "tflite_b1") else batch_size
     rng = np.random.default_rng(0)
@@ -74,10 +86,16 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
         "flops_per_image": flops_per_image,
         "rss_after_build_mb": _rss_mb(),
     }
+    if model.t2t_type == "transformer":
+        tokens = model.get_layer("tokens_to_token").stage_grids(image_size, image_size)[0]
+        result["attention_materialised_mb"] = batch * (tokens[0] * tokens[1]) ** 2 * 4 / 2**20
     jit = backend in ("tensorflow", "jax")
     result["compiled"] = jit if case != "tflite_b1" else "tflite"
     times = []
-    if case in ("infer_b32", "latency_b1"):
+    if case == "infer_b32_bf16":
+        result["policy"] = "mixed_bfloat16"
+        result.update(_top1_agreement(model, variant, shape, batch, jit))
+    if case in ("infer_b32", "latency_b1", "infer_b32_bf16"):
         model.compile(jit_compile=jit)
         start = time.perf_counter()
         for _ in range(warmup):
@@ -142,6 +160,40 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
         status="ok",
     )
     return result
+
+
+def _top1_agreement(model, variant, shape, batch, jit):
+    """Top-1 agreement of ``model`` (bfloat16) with a float32 copy of its weights on real images."""
+    import numpy as np
+
+    from keras_t2t import create_model, preprocess_input
+    from keras_t2t.datasets import load_digits_images
+
+    reference = create_model(variant, input_shape=shape)
+    reference.set_weights(model.get_weights())
+    (x_train, _), _ = load_digits_images(image_size=8, validation_fraction=0.2, seed=0)
+    digits = x_train[:AGREEMENT_IMAGES]
+    # 8x8 scans -> the model's image size (nearest neighbour; crops if not a multiple of 8).
+    reps = -(-shape[0] // 8), -(-shape[1] // 8)
+    images = np.repeat(np.repeat(digits, reps[0], axis=1), reps[1], axis=2)[:, : shape[0], : shape[1]]
+    images = preprocess_input(images)
+    reference.compile(jit_compile=jit)
+    model.compile(jit_compile=jit)
+    ref_scores, bf16_scores = [], []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        ref_scores.append(np.asarray(reference.predict_on_batch(chunk), "float32"))
+        bf16_scores.append(np.asarray(model.predict_on_batch(chunk), "float32"))
+    ref_scores, bf16_scores = np.concatenate(ref_scores), np.concatenate(bf16_scores)
+    del reference
+    return {
+        "agreement_images": int(len(images)),
+        "top1_agreement": float(np.mean(ref_scores.argmax(-1) == bf16_scores.argmax(-1))),
+        "max_abs_score_diff": float(np.abs(ref_scores - bf16_scores).max()),
+        # A randomly initialised model scores classes almost alike: report how close
+        # the float32 top-2 are, since that decides how easily rounding flips top-1.
+        "median_top1_top2_margin": float(np.median(np.diff(np.sort(ref_scores, -1)[:, -2:], axis=-1))),
+    }
 
 
 # --------------------------------------------------------------------------
@@ -285,8 +337,9 @@ def markdown(report):
             f"timed steps {report['settings']['iterations']} (median reported); training FLOPs = 3 x forward (estimate)"
         ),
         "",
-        "| backend | variant | case | batch | images/s | latency ms | GFLOP/s | % fp32 peak | peak RSS MB | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | variant | case | batch | images/s | latency ms | GFLOP/s | % fp32 peak | peak RSS MB "
+        "| NxN attention MB | bf16 top-1 agreement | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         ok = r.get("status") == "ok"
@@ -294,7 +347,9 @@ def markdown(report):
             f"| {r['backend']} | {r['variant']} | {r['case']} | {r.get('batch_size', '-')} | "
             f"{_fmt(r.get('images_per_s'), '.2f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
             f"{_fmt(r.get('achieved_gflops'), '.1f')} | {_fmt(r.get('fraction_of_fp32_peak') and 100 * r['fraction_of_fp32_peak'], '.1f')} | "
-            f"{_fmt(r.get('peak_rss_mb'), '.0f')} | {'ok' if ok else _failure(r)} |"
+            f"{_fmt(r.get('peak_rss_mb'), '.0f')} | {_fmt(r.get('attention_materialised_mb'), '.0f')} | "
+            f"{_fmt(None if r.get('top1_agreement') is None else 100 * r['top1_agreement'], '.1f')} | "
+            f"{'ok' if ok else _failure(r)} |"
         )
     return "\n".join(lines) + "\n"
 
