@@ -35,7 +35,11 @@ POSITION_EMBEDDINGS = ("learned", "sinusoid")
 VIT_CONFIGS = {
     "vit_small_patch16": dict(patch_size=16, embed_dim=768, depth=8, num_heads=8, mlp_ratio=3.0, qkv_bias=False),
     "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True),
-    "vit_mini": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.25, qkv_bias=False),
+    # The digits T2T mini's backbone and position table: the two differ only in the tokenizer.
+    "vit_mini": dict(
+        patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.25, qkv_bias=False,
+        position_embedding="sinusoid",
+    ),
 }
 # The image side each configuration is built for when input_shape is not given.
 DEFAULT_IMAGE_SIZE = {"vit_small_patch16": 224, "vit_base_patch16": 224, "vit_mini": 32}
@@ -48,6 +52,9 @@ class PatchEmbedding(keras.layers.Layer):
     A ``Conv2D`` with kernel = stride = ``patch_size`` (``proj``, as timm names it):
     the same as flattening each patch in (row, column, channel) order and
     applying one Dense whose kernel is ``proj.kernel.reshape(p * p * C, D)``.
+    Its kernel starts as PyTorch's ``Conv2d`` default (uniform in
+    ``+-1/sqrt(p * p * C)``): the authors' ViT re-initialises only its Linear
+    and LayerNorm layers.
     """
 
     def __init__(self, patch_size, embed_dim, **kwargs):
@@ -61,7 +68,7 @@ class PatchEmbedding(keras.layers.Layer):
             self.patch_size,
             strides=self.patch_size,
             padding="valid",
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
             bias_initializer="zeros",
             name="proj",
             dtype=self.dtype_policy,
