@@ -14,6 +14,8 @@ and model build included). Cases:
 * ``train_b32``: ``train_on_batch`` images/s at batch 32, AdamW, after warm-up.
 * ``tflite_b1`` (TensorFlow only): float32 ``.tflite`` median latency at batch 1
   with the LiteRT interpreter (all cores).
+* ``tflite_int8_b1`` (TensorFlow only): the same with dynamic-range int8 weights
+  (``tflite_dynamic_int8``).
 * ``infer_b32_bf16``: as ``infer_b32`` under the ``mixed_bfloat16`` policy, plus
   the top-1 agreement with the float32 model (same weights) on real images
   (scikit-learn's digits, upsampled to the image size).
@@ -46,7 +48,9 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 BACKENDS = ("tensorflow", "jax", "torch")
-CASES = ("infer_b32", "latency_b1", "train_b32", "tflite_b1", "infer_b32_bf16")
+CASES = ("infer_b32", "latency_b1", "train_b32", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16")
+# TFLite cases: the export format each converts to (keras_t2t.export).
+TFLITE_FORMATS = {"tflite_b1": "tflite_float32", "tflite_int8_b1": "tflite_dynamic_int8"}
 AGREEMENT_IMAGES = 256
 DEFAULT_VARIANTS = ("t2t_vit_7", "t2t_vit_14", "t2t_vit_t_14")
 
@@ -72,7 +76,7 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
     model = create_model(variant, input_shape=shape)
     keras.mixed_precision.set_global_policy("float32")
     flops_per_image = flops.count_flops(model)["total_flops"]
-    batch = 1 if case in ("latency_b1", "tflite_b1") else batch_size
+    batch = 1 if case in ("latency_b1",) + tuple(TFLITE_FORMATS) else batch_size
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch,) + shape).astype("float32")
     result = {
@@ -90,7 +94,7 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
         tokens = model.get_layer("tokens_to_token").stage_grids(image_size, image_size)[0]
         result["attention_materialised_mb"] = batch * (tokens[0] * tokens[1]) ** 2 * 4 / 2**20
     jit = backend in ("tensorflow", "jax")
-    result["compiled"] = jit if case != "tflite_b1" else "tflite"
+    result["compiled"] = TFLITE_FORMATS.get(case, jit)
     times = []
     if case == "infer_b32_bf16":
         result["policy"] = "mixed_bfloat16"
@@ -122,9 +126,9 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
             float(np.asarray(model.train_on_batch(images, labels)))
             times.append(time.perf_counter() - start)
         step_flops = flops.TRAIN_FLOPS_FACTOR * flops_per_image * batch
-    elif case == "tflite_b1":
+    elif case in TFLITE_FORMATS:
         if backend != "tensorflow":
-            raise ValueError("tflite_b1 runs on the tensorflow backend only")
+            raise ValueError(f"{case} runs on the tensorflow backend only")
         from keras_t2t import export
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +138,7 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
             export._write_saved_model(classifier, saved, uint8_signature=False)
             path = os.path.join(tmp, "model.tflite")
             with open(path, "wb") as handle:
-                handle.write(export._convert_tflite(saved, "tflite_float32"))
+                handle.write(export._convert_tflite(saved, TFLITE_FORMATS[case]))
             result["convert_s"] = time.perf_counter() - start
             result["tflite_mb"] = os.path.getsize(path) / 1e6
             run = export._tflite_runner(path)
@@ -488,7 +492,7 @@ def main(argv=None):
     for backend in backends:
         for variant in variants:
             for case in cases:
-                if case == "tflite_b1" and backend != "tensorflow":
+                if case in TFLITE_FORMATS and backend != "tensorflow":
                     continue
                 print(f"{backend} {variant} {case} ...", end=" ", flush=True)
                 r = _spawn(backend, variant, case, args, args.timeout)

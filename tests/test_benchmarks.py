@@ -52,7 +52,7 @@ def test_quick_run_writes_reports(tmp_path):
     )
     assert report["peak"]["float32_gflops"] > 0
     cases = {r["case"]: r for r in report["results"]}
-    assert set(cases) == {"infer_b32", "latency_b1", "train_b32", "tflite_b1", "infer_b32_bf16"}
+    assert set(cases) == {"infer_b32", "latency_b1", "train_b32", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16"}
     bf16 = cases["infer_b32_bf16"]
     assert bf16["policy"] == "mixed_bfloat16" and bf16["agreement_images"] > 0
     assert 0.0 <= bf16["top1_agreement"] <= 1.0 and bf16["max_abs_score_diff"] >= 0.0
@@ -69,7 +69,7 @@ def test_quick_run_writes_reports(tmp_path):
             assert r[key] > 0, (r["case"], key)
         assert r["flops_per_image"] == 2 * 1_146_863_616
     assert (
-        cases["latency_b1"]["batch_size"] == 1 and cases["tflite_b1"]["batch_size"] == 1
+        cases["latency_b1"]["batch_size"] == 1 and cases["tflite_b1"]["batch_size"] == cases["tflite_int8_b1"]["batch_size"] == 1
     )
 
     markdown = (out / "results.md").read_text()
