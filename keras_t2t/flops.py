@@ -88,16 +88,25 @@ def block_macs(tokens, dim, mlp_ratio):
 
 def _config(model_or_config):
     if isinstance(model_or_config, str):
-        from keras_t2t.variants import VARIANTS
+        from keras_t2t.variants import ALL_VARIANTS, VARIANTS
 
-        if model_or_config not in VARIANTS:
+        if model_or_config not in ALL_VARIANTS:
             raise ValueError(
                 f"Unknown T2T-ViT variant {model_or_config!r}; accepted: {', '.join(VARIANTS)}."
             )
-        return dict(VARIANTS[model_or_config])
-    if hasattr(model_or_config, "get_config") and not isinstance(model_or_config, dict):
-        return model_or_config.get_config()
-    return dict(model_or_config)
+        config = dict(ALL_VARIANTS[model_or_config])
+    elif hasattr(model_or_config, "get_config") and not isinstance(model_or_config, dict):
+        config = model_or_config.get_config()
+    else:
+        config = dict(model_or_config)
+    block_type = config.get("block_type", "standard")
+    if block_type != "standard":
+        # The SE, ghost and dense blocks of the backbone study have other matmuls.
+        raise ValueError(
+            f"count_flops counts the standard T2T-ViT block only; got block_type {block_type!r} "
+            "(a backbone-study model). Accepted: the models of keras_t2t.VARIANTS."
+        )
+    return config
 
 
 def count_flops(model_or_config, input_shape=None):

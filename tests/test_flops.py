@@ -193,3 +193,12 @@ def test_384_and_non_square():
         flops.count_flops(dict(SMALL, input_shape=(2, 2, 3)))
     with pytest.raises(ValueError):
         flops.count_flops("no_such_variant")
+
+
+def test_study_models_are_refused_not_miscounted():
+    # Their SE / ghost / dense blocks have other matmuls than the standard block counted here.
+    for name in ("t2t_vit_14_se", "t2t_vit_16_ghost", "t2t_vit_dense"):
+        with pytest.raises(ValueError, match=r"standard T2T-ViT block only; got block_type"):
+            flops.count_flops(name)
+    with pytest.raises(ValueError, match=r"block_type 'ghost'"):
+        flops.count_flops(dict(block_type="ghost", embed_dim=64, depth=1, num_heads=2))
