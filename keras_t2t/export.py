@@ -537,6 +537,7 @@ def _write_saved_model(classifier, path, uint8_signature):
     import keras
     import tensorflow as tf
 
+    from keras_t2t.layers import attention_chunk_loop
     from keras_t2t.preprocessing import preprocess_input
 
     shape = (None,) + tuple(classifier.inputs[0].shape[1:])
@@ -550,12 +551,16 @@ def _write_saved_model(classifier, path, uint8_signature):
     def serve_uint8(images):
         return classifier(preprocess_input(images), training=False)
 
-    archive.add_endpoint(_SIGNATURE, serve, input_signature=[tf.TensorSpec(shape, tf.float32, name=_INPUT_NAME)])
-    if uint8_signature:
+    # Query-chunked attention (T2T-ViT_t) traced as plain slices: no TensorList ops for TFLite.
+    with attention_chunk_loop("unrolled"):
         archive.add_endpoint(
-            _UINT8_SIGNATURE, serve_uint8, input_signature=[tf.TensorSpec(shape, tf.uint8, name=_INPUT_NAME)]
+            _SIGNATURE, serve, input_signature=[tf.TensorSpec(shape, tf.float32, name=_INPUT_NAME)]
         )
-    archive.write_out(path, verbose=False)
+        if uint8_signature:
+            archive.add_endpoint(
+                _UINT8_SIGNATURE, serve_uint8, input_signature=[tf.TensorSpec(shape, tf.uint8, name=_INPUT_NAME)]
+            )
+        archive.write_out(path, verbose=False)
 
 
 def _convert_tflite(saved_model_dir, fmt, representative=None):
@@ -617,10 +622,13 @@ def _export_onnx(classifier, path):
 
     if importlib.util.find_spec("tf2onnx") is None:
         raise RuntimeError("ONNX export needs tf2onnx, onnx and onnxruntime: pip install 'keras-t2t[export]'")
+    from keras_t2t.layers import attention_chunk_loop
+
     _register_tf2onnx_erfc()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        classifier.export(path, format="onnx", verbose=False)
+        with attention_chunk_loop("unrolled"):
+            classifier.export(path, format="onnx", verbose=False)
 
 
 # --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ layer types), ``TokensToToken`` (the whole T2T module), ``TransformerBlock`` (th
 backbone block), ``ClassToken`` and ``SinusoidPositionEmbedding``.
 """
 
+import contextlib
 import math
 
 import keras
@@ -93,6 +94,31 @@ def _attention_core(q, k, v, scale):
     return ops.matmul(ops.cast(probs, v.dtype), v)
 
 
+# How chunked_attention walks its query chunks: "map" (a loop op: lax.map /
+# tf.map_fn, so XLA keeps one chunk's logits at a time) or "unrolled" (one slice
+# per chunk in the graph: what converters without loop support need, e.g.
+# TFLite's builtin ops). Set for a block of code with ``attention_chunk_loop``.
+_CHUNK_LOOP = {"mode": "map"}
+CHUNK_LOOP_MODES = ("map", "unrolled")
+
+
+@contextlib.contextmanager
+def attention_chunk_loop(mode):
+    """Within the block, chunked attention traces its chunks as ``mode`` ("map" or "unrolled").
+
+    The exporter traces under ``"unrolled"``: the result is the same, and the
+    graph has no TensorList ops, which TFLite's builtin ops cannot run.
+    """
+    if mode not in CHUNK_LOOP_MODES:
+        raise ValueError(f"attention_chunk_loop mode must be one of {CHUNK_LOOP_MODES}; got {mode!r}.")
+    previous = _CHUNK_LOOP["mode"]
+    _CHUNK_LOOP["mode"] = mode
+    try:
+        yield
+    finally:
+        _CHUNK_LOOP["mode"] = previous
+
+
 def chunked_attention(q, k, v, scale, query_chunk_size=None):
     """Softmax attention on (B, heads, T, d) tensors; exact, optionally query-chunked.
 
@@ -117,6 +143,13 @@ def chunked_attention(q, k, v, scale, query_chunk_size=None):
         # Zero query rows fill the last chunk; their outputs are dropped below.
         q = ops.pad(q, [[0, 0], [0, 0], [0, padded - tokens], [0, 0]])
     _, heads, _, depth = q.shape
+    if _CHUNK_LOOP["mode"] == "unrolled":
+        chunks = [
+            _attention_core(q[:, :, start : start + query_chunk_size], k, v, scale)
+            for start in range(0, padded, query_chunk_size)
+        ]
+        out = ops.concatenate(chunks, axis=2)
+        return out[:, :, :tokens] if padded != tokens else out
     # (chunks, B, heads, chunk, d): ``ops.map`` is a loop (lax.map, tf.map_fn), so
     # XLA cannot schedule the chunks' logits side by side as it may unrolled slices.
     q = ops.transpose(ops.reshape(q, (-1, heads, num_chunks, query_chunk_size, depth)), (2, 0, 1, 3, 4))

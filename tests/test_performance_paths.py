@@ -99,3 +99,38 @@ def test_soft_split_overlap_and_large_padding(height, width, k, s, p, channels, 
     x = rng.standard_normal((3, height, width, channels)).astype("float32")
     out = _np(layers.SoftSplit(k, s, p)(x))
     np.testing.assert_array_equal(out, ref.unfold(x, k, s, p).astype("float32"))
+
+
+@pytest.mark.parametrize("tokens,chunk", [(40, 8), (41, 8)])
+def test_unrolled_chunk_loop_gives_the_same_attention(tokens, chunk, rng):
+    q, k, v = (rng.standard_normal((2, 3, tokens, 5)).astype("float32") for _ in range(3))
+    mapped = _np(layers.chunked_attention(q, k, v, 0.4, query_chunk_size=chunk))
+    with layers.attention_chunk_loop("unrolled"):
+        unrolled = _np(layers.chunked_attention(q, k, v, 0.4, query_chunk_size=chunk))
+    np.testing.assert_allclose(unrolled, mapped, atol=ATOL, rtol=ATOL)
+    with pytest.raises(ValueError, match=r"mode must be one of \('map', 'unrolled'\); got 'scan'"):
+        with layers.attention_chunk_loop("scan"):
+            pass
+    assert layers._CHUNK_LOOP["mode"] == "map"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TFLite conversion runs on TensorFlow")
+def test_t2t_vit_t_with_chunked_attention_converts_to_builtin_tflite(tmp_path):
+    # 224x224 gives the 3136-token first T2T layer, above the chunking threshold: the
+    # exporter must trace the chunks without TensorList ops (builtin ops only).
+    from keras_t2t import T2TViT, export
+
+    model = T2TViT(input_shape=(224, 224, 3), t2t_type="transformer", embed_dim=32, depth=1, num_heads=2,
+                   mlp_ratio=2.0, classes=5, classifier_activation=None)
+    assert model.get_layer("tokens_to_token").attentions[0].attention_chunk_threshold < 3136
+    classifier = export.classifier_for_export(model)
+    export._write_saved_model(classifier, str(tmp_path / "saved"), uint8_signature=False)
+    flat = export._convert_tflite(str(tmp_path / "saved"), "tflite_float32")
+    (tmp_path / "m.tflite").write_bytes(flat)
+    ops_used = export.tflite_operators(flat)
+    assert "WHILE" not in ops_used and ops_used["SOFTMAX"] >= 3136 // 392, ops_used
+    images = np.random.default_rng(3).standard_normal((1, 224, 224, 3)).astype("float32")
+    got, want = export._tflite_runner(str(tmp_path / "m.tflite"))(images), classifier(images)
+    got = list(got.values())[0] if isinstance(got, dict) else got
+    want = list(want.values())[0] if isinstance(want, dict) else want
+    np.testing.assert_allclose(np.asarray(got), _np(want), atol=1e-5, rtol=1e-5)
