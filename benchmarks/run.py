@@ -63,7 +63,30 @@ def _rss_mb():
 # --------------------------------------------------------------------------
 # Child: one case
 # --------------------------------------------------------------------------
-def run_case(backend, variant, case, batch_size, image_size, warmup, iterations):
+# At least this many timed steps, whatever the time budget.
+MIN_TIMED_STEPS = 3
+
+
+def _time_steps(step, warmup, iterations, budget_s, result):
+    """Runs ``warmup`` untimed steps, then timed steps: ``iterations`` of them, or fewer
+    (never below MIN_TIMED_STEPS) once the timed steps have used ``budget_s`` seconds
+    (0 = no budget). Returns the step times; notes the counts in ``result``."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    result["warmup_s"] = time.perf_counter() - start
+    times = []
+    while len(times) < iterations:
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        if budget_s and sum(times) >= budget_s and len(times) >= min(MIN_TIMED_STEPS, iterations):
+            break
+    result["timed_steps"] = len(times)
+    return times
+
+
+def run_case(backend, variant, case, batch_size, image_size, warmup, iterations, budget_s=0.0):
     import keras
     import numpy as np
 
@@ -95,20 +118,12 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
         result["attention_materialised_mb"] = batch * (tokens[0] * tokens[1]) ** 2 * 4 / 2**20
     jit = backend in ("tensorflow", "jax")
     result["compiled"] = TFLITE_FORMATS.get(case, jit)
-    times = []
     if case == "infer_b32_bf16":
         result["policy"] = "mixed_bfloat16"
         result.update(_top1_agreement(model, variant, shape, batch, jit))
     if case in ("infer_b32", "latency_b1", "infer_b32_bf16"):
         model.compile(jit_compile=jit)
-        start = time.perf_counter()
-        for _ in range(warmup):
-            model.predict_on_batch(images)
-        result["warmup_s"] = time.perf_counter() - start
-        for _ in range(iterations):
-            start = time.perf_counter()
-            np.asarray(model.predict_on_batch(images))
-            times.append(time.perf_counter() - start)
+        times = _time_steps(lambda: np.asarray(model.predict_on_batch(images)), warmup, iterations, budget_s, result)
         step_flops = flops_per_image * batch
     elif case == "train_b32":
         labels = rng.integers(0, 1000, size=(batch,))
@@ -117,14 +132,9 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
             loss="sparse_categorical_crossentropy",
             jit_compile=jit,
         )
-        start = time.perf_counter()
-        for _ in range(warmup):
-            model.train_on_batch(images, labels)
-        result["warmup_s"] = time.perf_counter() - start
-        for _ in range(iterations):
-            start = time.perf_counter()
-            float(np.asarray(model.train_on_batch(images, labels)))
-            times.append(time.perf_counter() - start)
+        times = _time_steps(
+            lambda: float(np.asarray(model.train_on_batch(images, labels))), warmup, iterations, budget_s, result
+        )
         step_flops = flops.TRAIN_FLOPS_FACTOR * flops_per_image * batch
     elif case in TFLITE_FORMATS:
         if backend != "tensorflow":
@@ -142,14 +152,7 @@ def run_case(backend, variant, case, batch_size, image_size, warmup, iterations)
             result["convert_s"] = time.perf_counter() - start
             result["tflite_mb"] = os.path.getsize(path) / 1e6
             run = export._tflite_runner(path)
-            start = time.perf_counter()
-            for _ in range(warmup):
-                run(images)
-            result["warmup_s"] = time.perf_counter() - start
-            for _ in range(iterations):
-                start = time.perf_counter()
-                run(images)
-                times.append(time.perf_counter() - start)
+            times = _time_steps(lambda: run(images), warmup, iterations, budget_s, result)
         step_flops = flops_per_image
     else:
         raise ValueError(f"unknown case {case!r}")
@@ -281,6 +284,8 @@ def _spawn(backend, variant, case, args, timeout):
         str(args.warmup),
         "--iterations",
         str(args.iterations),
+        "--time-budget",
+        str(args.time_budget),
     ]
     start = time.perf_counter()
     failure = {"backend": backend, "variant": variant, "case": case, "status": "failed"}
@@ -338,7 +343,9 @@ def markdown(report):
         ),
         (
             f"- image size {report['settings']['image_size']}, warm-up {report['settings']['warmup']}, "
-            f"timed steps {report['settings']['iterations']} (median reported); training FLOPs = 3 x forward (estimate)"
+            f"timed steps: up to {report['settings']['iterations']}, stopping after "
+            f"{report['settings'].get('time_budget_s', 0):g} s of them (at least {MIN_TIMED_STEPS}; 0 = no budget; "
+            "median reported); training FLOPs = 3 x forward (estimate)"
         ),
         "",
         "| backend | variant | case | batch | images/s | latency ms | GFLOP/s | % fp32 peak | peak RSS MB "
@@ -359,34 +366,38 @@ def markdown(report):
 
 
 def chart(report, path):
+    """One panel per variant: achieved GFLOP/s per case, one bar per backend, peak lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in report["results"] if r.get("status") == "ok"]
-    labels = [f"{r['backend']}\n{r['variant']}\n{r['case']}" for r in rows]
-    values = [r["achieved_gflops"] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 5))
-    ax.bar(range(len(rows)), values, color="tab:blue")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=7, rotation=90)
-    ax.set_ylabel("achieved GFLOP/s")
-    for key, style in (("float32_gflops", "--"), ("bfloat16_gflops", ":")):
-        if report["peak"].get(key):
-            ax.axhline(
-                report["peak"][key],
-                linestyle=style,
-                color="tab:red",
-                label=f"{key.split('_')[0]} matmul peak",
-            )
-    ax.legend(loc="upper right")
-    title = "T2T-ViT achieved GFLOP/s" + (
-        " (QUICK: not a measurement)" if report["quick"] else ""
+    variants = list(dict.fromkeys(r["variant"] for r in rows)) or ["(none)"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    cases = [c for c in CASES if any(r["case"] == c for r in rows)]
+    width = 0.8 / max(1, len(backends))
+    fig, axes = plt.subplots(
+        1, len(variants), figsize=(4.2 * len(variants) + 1, 4.2), sharey=True, squeeze=False
     )
-    ax.set_title(
-        f"{title}\n{report['machine']['cpu_model']}, {report['date']}", fontsize=9
-    )
+    for ax, variant in zip(axes[0], variants):
+        for b, backend in enumerate(backends):
+            by_case = {r["case"]: r for r in rows if r["variant"] == variant and r["backend"] == backend}
+            xs = [i + (b - (len(backends) - 1) / 2) * width for i, c in enumerate(cases) if c in by_case]
+            ys = [by_case[c]["achieved_gflops"] for c in cases if c in by_case]
+            ax.bar(xs, ys, width, label=backend)
+        for key, style in (("float32_gflops", "--"), ("bfloat16_gflops", ":")):
+            if report["peak"].get(key):
+                ax.axhline(report["peak"][key], linestyle=style, color="tab:red", linewidth=1,
+                           label=f"{key.split('_')[0]} matmul peak")
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels(cases, fontsize=7, rotation=35, ha="right")
+        ax.set_title(variant, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("achieved GFLOP/s (matmul FLOPs / time)")
+    axes[0][-1].legend(loc="upper right", fontsize=7)
+    title = "T2T-ViT on the Keras backends, CPU" + (" (QUICK: not a measurement)" if report["quick"] else "")
+    fig.suptitle(f"{title}: {report['machine']['cpu_model']}, {report['date'][:10]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -420,14 +431,23 @@ def main(argv=None):
         "--warmup", type=int, default=None, help="untimed steps (default 2; quick 1)"
     )
     parser.add_argument(
-        "--iterations", type=int, default=None, help="timed steps (default 10; quick 2)"
+        "--iterations", type=int, default=None, help="timed steps at most (default 10; quick 2)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help=f"seconds of timed steps per case, after which timing stops (at least {MIN_TIMED_STEPS} steps; "
+        "default 8, quick 0; 0 = always --iterations)",
     )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per case")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_size = args.batch_size or (4 if args.quick else 32)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    # One warm-up step: the first call compiles (XLA) or warms up (torch); later ones run as timed.
+    args.warmup = args.warmup if args.warmup is not None else 1
     args.iterations = args.iterations or (2 if args.quick else 10)
+    args.time_budget = args.time_budget if args.time_budget is not None else (0.0 if args.quick else 8.0)
 
     if args.child:
         backend, variant, case = args.child.split(":")
@@ -439,6 +459,7 @@ def main(argv=None):
             args.image_size,
             args.warmup,
             args.iterations,
+            args.time_budget,
         )
         print("RESULT " + json.dumps(result), flush=True)
         return 0
@@ -475,6 +496,7 @@ def main(argv=None):
             "image_size": args.image_size,
             "warmup": args.warmup,
             "iterations": args.iterations,
+            "time_budget_s": args.time_budget,
             "train_flops_factor": 3,
         },
         "machine": {

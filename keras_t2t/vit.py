@@ -449,7 +449,7 @@ def _make_builder(config_name):
     builder.__doc__ = (
         f"ViT configuration ``{config_name}``: {spec['patch_size']}x{spec['patch_size']} patches, embed_dim "
         f"{spec['embed_dim']}, depth {spec['depth']}, {spec['num_heads']} heads, mlp_ratio {spec['mlp_ratio']:g}, "
-        f"qkv_bias {spec['qkv_bias']}; built at {DEFAULT_IMAGE_SIZE[config_name]}x"
+        f"qkv_bias {spec['qkv_bias']}, {spec.get('position_embedding', 'learned')} positions; built at {DEFAULT_IMAGE_SIZE[config_name]}x"
         f"{DEFAULT_IMAGE_SIZE[config_name]} unless input_shape says otherwise.\n\n"
         "Args: the keras.applications keywords (include_top, weights, input_shape, pooling, classes,\n"
         "classifier_activation, name); ``weights`` is None or a path to a '.keras' / '.weights.h5' file\n"
