@@ -109,6 +109,14 @@ def _validate_common(
         )
     if not float(mlp_ratio) > 0:
         raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio!r}.")
+    classes = validate_rates_and_top(rates, pooling, include_top, classes, classifier_activation)
+    grid = t2t_grid(input_shape[:2], t2t_stages)
+    return input_shape, token_dim, t2t_stages, embed_dim, num_heads, classes, grid
+
+
+def validate_rates_and_top(rates, pooling, include_top, classes, classifier_activation):
+    """Checks shared by every model here (T2T-ViT and ViT): dropout rates ({name: rate}),
+    pooling, and the head's class count and activation. Returns the class count."""
     for rate_name, rate in rates.items():
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"{rate_name} must be in [0, 1); got {rate!r}.")
@@ -124,8 +132,7 @@ def _validate_common(
                 f"classifier_activation {classifier_activation!r} is not a Keras activation "
                 "(use e.g. 'softmax', None for logits)."
             ) from error
-    grid = t2t_grid(input_shape[:2], t2t_stages)
-    return input_shape, token_dim, t2t_stages, embed_dim, num_heads, classes, grid
+    return classes
 
 
 def _t2t_stem(input_shape, t2t_type, token_dim, t2t_stages, embed_dim, t2t_dropout, drop_rate, dtype):

@@ -18,8 +18,7 @@ import numpy as np
 from keras import ops
 
 from keras_t2t import layers as t2t_layers
-from keras_t2t.layers import POOLINGS
-from keras_t2t.model import _positive_int, validate_input_shape
+from keras_t2t.model import _positive_int, validate_input_shape, validate_rates_and_top
 
 _PACKAGE = "keras_t2t"
 POSITION_EMBEDDINGS = ("learned", "sinusoid")
@@ -188,25 +187,8 @@ class ViT(keras.Model):
             raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio!r}.")
         if position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}; got {position_embedding!r}.")
-        for rate_name, rate in (
-            ("drop_rate", drop_rate),
-            ("attn_drop_rate", attn_drop_rate),
-            ("drop_path_rate", drop_path_rate),
-        ):
-            if not 0.0 <= float(rate) < 1.0:
-                raise ValueError(f"{rate_name} must be in [0, 1); got {rate!r}.")
-        if pooling not in POOLINGS and not (pooling is None and not include_top):
-            accepted = f"{POOLINGS}" + ("" if include_top else " or None")
-            raise ValueError(f"pooling must be one of {accepted}; got {pooling!r}.")
-        if include_top:
-            classes = _positive_int("classes", classes)
-            try:
-                keras.activations.get(classifier_activation)
-            except ValueError as error:
-                raise ValueError(
-                    f"classifier_activation {classifier_activation!r} is not a Keras activation "
-                    "(use e.g. 'softmax', None for logits)."
-                ) from error
+        rates = dict(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        classes = validate_rates_and_top(rates, pooling, include_top, classes, classifier_activation)
         grid = (height // patch_size, width // patch_size)
 
         # === functional model ===
