@@ -683,24 +683,26 @@ class TransformerBlock(keras.layers.Layer):
 
         policy = self.dtype_policy
         self.norm1 = _layer_norm("norm1", dtype=policy)
-        self.attn = MultiHeadSelfAttention(
-            self.num_heads,
+        self.attn = self._make_attention()
+        self.norm2 = _layer_norm("norm2", dtype=policy)
+        self.drop_path_layer = DropPath(self.drop_path, dtype=policy)
+
+    def _attention_kwargs(self):
+        return dict(
             qkv_bias=self.qkv_bias,
             qk_scale=self.qk_scale,
             attn_dropout=self.attn_dropout,
             proj_dropout=self.dropout,
             name="attn",
-            dtype=policy,
+            dtype=self.dtype_policy,
         )
-        self.norm2 = _layer_norm("norm2", dtype=policy)
-        self.drop_path_layer = DropPath(self.drop_path, dtype=policy)
 
-    def build(self, input_shape):
-        dim = int(input_shape[-1])
-        self.norm1.build(input_shape)
-        self.attn.build(input_shape)
-        self.norm2.build(input_shape)
-        self.mlp = Mlp(
+    # The two parts other blocks (keras_t2t.study_layers) replace.
+    def _make_attention(self):
+        return MultiHeadSelfAttention(self.num_heads, **self._attention_kwargs())
+
+    def _make_mlp(self, dim):
+        return Mlp(
             int(dim * self.mlp_ratio),
             dim,
             hidden_dropout=self.dropout,
@@ -708,6 +710,12 @@ class TransformerBlock(keras.layers.Layer):
             name="mlp",
             dtype=self.dtype_policy,
         )
+
+    def build(self, input_shape):
+        self.norm1.build(input_shape)
+        self.attn.build(input_shape)
+        self.norm2.build(input_shape)
+        self.mlp = self._make_mlp(int(input_shape[-1]))
         self.mlp.build(input_shape)
 
     def compute_output_shape(self, input_shape):

@@ -21,7 +21,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_t2t.layers import DropPath, Mlp, MultiHeadSelfAttention, TransformerBlock, _dense, _layer_norm
+from keras_t2t.layers import MultiHeadSelfAttention, TransformerBlock, _dense
 
 _PACKAGE = "keras_t2t"
 # The reference's SELayer default: the squeeze keeps width // 16 channels.
@@ -251,92 +251,17 @@ class GhostMlp(keras.layers.Layer):
         return config
 
 
-class _StudyBlock(keras.layers.Layer):
-    """The pre-norm block of ``TransformerBlock`` with the attention and MLP left to subclasses."""
-
-    def __init__(
-        self,
-        num_heads,
-        mlp_ratio=4.0,
-        qkv_bias=False,
-        qk_scale=None,
-        dropout=0.0,
-        attn_dropout=0.0,
-        drop_path=0.0,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        # === config ===
-        self.num_heads = int(num_heads)
-        self.mlp_ratio = float(mlp_ratio)
-        self.qkv_bias = bool(qkv_bias)
-        self.qk_scale = None if qk_scale is None else float(qk_scale)
-        self.dropout = float(dropout)
-        self.attn_dropout = float(attn_dropout)
-        self.drop_path = float(drop_path)
-
-        policy = self.dtype_policy
-        self.norm1 = _layer_norm("norm1", dtype=policy)
-        self.norm2 = _layer_norm("norm2", dtype=policy)
-        self.drop_path_layer = DropPath(self.drop_path, dtype=policy)
-
-    def _attention_kwargs(self):
-        return dict(
-            qkv_bias=self.qkv_bias,
-            qk_scale=self.qk_scale,
-            attn_dropout=self.attn_dropout,
-            proj_dropout=self.dropout,
-            name="attn",
-            dtype=self.dtype_policy,
-        )
-
-    def _make_mlp(self, dim):
-        raise NotImplementedError
-
-    def build(self, input_shape):
-        self.norm1.build(input_shape)
-        self.attn.build(input_shape)
-        self.norm2.build(input_shape)
-        self.mlp = self._make_mlp(int(input_shape[-1]))
-        self.mlp.build(input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def call(self, x, training=None):
-        x = x + self.drop_path_layer(self.attn(self.norm1(x), training=training), training=training)
-        return x + self.drop_path_layer(self.mlp(self.norm2(x), training=training), training=training)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias,
-            qk_scale=self.qk_scale,
-            dropout=self.dropout,
-            attn_dropout=self.attn_dropout,
-            drop_path=self.drop_path,
-        )
-        return config
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SEBlock(_StudyBlock):
+class SEBlock(TransformerBlock):
     """T2T-ViT-SE block: the ViT block with ``SEAttention``."""
 
     def __init__(self, num_heads, se_reduction=SE_REDUCTION, **kwargs):
-        super().__init__(num_heads, **kwargs)
-        # === config ===
+        # === config === (set first: the base constructor makes the attention)
         self.se_reduction = int(se_reduction)
+        super().__init__(num_heads, **kwargs)
 
-        self.attn = SEAttention(self.num_heads, se_reduction=self.se_reduction, **self._attention_kwargs())
-
-    def _make_mlp(self, dim):
-        return Mlp(
-            int(dim * self.mlp_ratio), dim, hidden_dropout=self.dropout, dropout=self.dropout,
-            name="mlp", dtype=self.dtype_policy,
-        )
+    def _make_attention(self):
+        return SEAttention(self.num_heads, se_reduction=self.se_reduction, **self._attention_kwargs())
 
     def get_config(self):
         config = super().get_config()
@@ -345,7 +270,7 @@ class SEBlock(_StudyBlock):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class GhostBlock(_StudyBlock):
+class GhostBlock(TransformerBlock):
     """T2T-ViT-Ghost block: ``GhostAttention`` and ``GhostMlp``.
 
     The ghost MLP's hidden width is always 3 x the block width (fc1's output and
@@ -359,7 +284,9 @@ class GhostBlock(_StudyBlock):
                 f"cheap copies: 3 x the width); got {mlp_ratio!r}."
             )
         super().__init__(num_heads, mlp_ratio=mlp_ratio, **kwargs)
-        self.attn = GhostAttention(self.num_heads, **self._attention_kwargs())
+
+    def _make_attention(self):
+        return GhostAttention(self.num_heads, **self._attention_kwargs())
 
     def _make_mlp(self, dim):
         return GhostMlp(dim, dropout=self.dropout, name="mlp", dtype=self.dtype_policy)
