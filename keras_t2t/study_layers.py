@@ -144,24 +144,13 @@ class CheapOperation(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class GhostAttention(keras.layers.Layer):
+class GhostAttention(MultiHeadSelfAttention):
     """Ghost attention: q, k, v each project to half the width; a cheap op makes the other half.
 
     ``[q, cheap_operation_q(q)]`` (and so for k, v) is then split into heads as
     usual, so the first heads see the projected half, the last the cheap half.
+    Same arguments (and config) as ``MultiHeadSelfAttention``; other weights.
     """
-
-    def __init__(self, num_heads, qkv_bias=False, qk_scale=None, attn_dropout=0.0, proj_dropout=0.0, **kwargs):
-        super().__init__(**kwargs)
-        # === config ===
-        self.num_heads = int(num_heads)
-        self.qkv_bias = bool(qkv_bias)
-        self.qk_scale = None if qk_scale is None else float(qk_scale)
-        self.attn_dropout = float(attn_dropout)
-        self.proj_dropout = float(proj_dropout)
-
-        self.attn_drop = keras.layers.Dropout(self.attn_dropout, dtype=self.dtype_policy)
-        self.proj_drop = keras.layers.Dropout(self.proj_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
@@ -197,17 +186,6 @@ class GhostAttention(keras.layers.Layer):
         )
         out = _attend(q, k, v, self.num_heads, self.scale, self.attn_drop, training)
         return self.proj_drop(self.proj(out), training=training)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_heads=self.num_heads,
-            qkv_bias=self.qkv_bias,
-            qk_scale=self.qk_scale,
-            attn_dropout=self.attn_dropout,
-            proj_dropout=self.proj_dropout,
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -32,10 +32,11 @@ import math
 import os
 import re
 import sys
-import tempfile
 import textwrap
 
 import numpy as np
+
+from keras_t2t.io_utils import write_atomic
 
 TITLE_PX = 32
 _STAGE = re.compile(r"^(soft_split|t2t_layer|block)_(-?\d+)$")
@@ -247,23 +248,6 @@ def figure_size_px(count, panel_px):
     return cols * panel_px, rows * panel_px + TITLE_PX
 
 
-def _save_atomic(path, write):
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _draw_panels(panels, titles, title, panel_px, dpi, path, cmap="viridis"):
     """One image per panel on a grid; written as an exactly sized PNG."""
     Figure, FigureCanvasAgg = _require_matplotlib()
@@ -283,7 +267,7 @@ def _draw_panels(panels, titles, title, panel_px, dpi, path, cmap="viridis"):
         ax.imshow(panel, cmap=None if panel.ndim == 3 else cmap, interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(label, fontsize=6, pad=1)
-    _save_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
     return path
 
 
@@ -350,7 +334,7 @@ def visualize(model, image, output_dir, stage=None, block=-1, channels=16, prefi
         "block": np.asarray(index),
         "channels_shown": shown,
     }
-    files["arrays"] = _save_atomic(os.path.join(output_dir, f"{prefix}arrays.npz"),
+    files["arrays"] = write_atomic(os.path.join(output_dir, f"{prefix}arrays.npz"),
                                    lambda handle: np.savez(handle, **arrays))
     if verbose:
         print(f"{model.name}: stage {stage} -> {rows}x{cols} grid x {features.shape[-1]} channels; "
