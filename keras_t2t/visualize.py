@@ -218,6 +218,12 @@ def cls_attention(model, images, block):
 
     index = resolve_block(model, block)
     layer = model.get_layer(f"blocks_{index}")
+    if not hasattr(getattr(layer, "attn", None), "qkv"):
+        # Ghost attention has separate half-width q/k/v; a dense model's transitions have none.
+        raise ValueError(
+            f"cls_attention reads a fused qkv projection (the standard and SE blocks); block {index} "
+            f"is a {type(layer).__name__}."
+        )
     images = ops.convert_to_tensor(np.asarray(images, dtype="float32"))
     x = ops.cast(_submodel_output(model, layer.input, images), "float32")
     heads = int(layer.num_heads)

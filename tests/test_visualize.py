@@ -181,3 +181,12 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert "pip install matplotlib" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
 
+
+
+def test_ghost_blocks_get_a_clear_error_for_class_token_attention():
+    from keras_t2t.visualize import cls_attention
+
+    model = T2TViT(input_shape=(32, 32, 3), t2t_stages=((3, 2, 1), (3, 2, 1), (3, 2, 1)), token_dim=8,
+                   embed_dim=16, depth=1, num_heads=2, mlp_ratio=3.0, block_type="ghost", classes=3)
+    with pytest.raises(ValueError, match=r"fused qkv projection .*block 0 is a GhostBlock"):
+        cls_attention(model, np.zeros((1, 32, 32, 3), "float32"), 0)
