@@ -48,7 +48,7 @@ def plot_curves(histories, path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from keras_t2t.visualize import _save_atomic
+    from keras_t2t.io_utils import write_atomic
 
     fig = Figure(figsize=(8, 3.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -64,7 +64,7 @@ def plot_curves(histories, path):
         ax.legend(fontsize=8)
     fig.suptitle("digits (32x32), same recipe and budget: T2T-ViT mini vs parameter-matched ViT", fontsize=9)
     fig.tight_layout()
-    return _save_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    return write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
 
 
 def main(argv=None):
