@@ -12,6 +12,7 @@ import argparse
 import collections
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
@@ -308,8 +309,10 @@ def test_cli_converts_to_keras_and_the_file_gives_the_reference_logits(tmp_path,
     assert code == 0, err
     for expected in ("variant: t2t_vit_7 (detected)", "performer T2T, embed_dim 256, depth 7", "weights entry: state_dict_ema",
                      "arch 'T2t_vit_7'", "epoch 309", "image size: 224x224", "classes: 1000",
-                     f"parameters: {T2T_VIT_7_PARAMS}", "max abs diff 0", "111 tensors equal the checkpoint's"):
+                     f"parameters: {T2T_VIT_7_PARAMS}", "111 tensors equal the checkpoint's"):
         assert expected in out, (expected, out)
+    # Identical weights; a fresh torch model may pick other CPU kernels, so not always bit-equal.
+    assert _reload_diff(out) <= 1e-6
     assert os.listdir(tmp_path) == ["t2t_vit_7.keras"]
     umask = os.umask(0)
     os.umask(umask)
@@ -400,6 +403,13 @@ def test_cli_verification_failure_exits_1_and_leaves_nothing(tmp_path, capsys, m
     assert output.read_bytes() == b"older file" and os.listdir(tmp_path) == ["t2t_vit_7.keras"]
 
 
+def _reload_diff(out):
+    """The converter's reload check: the reloaded file's predictions against the model's."""
+    found = re.search(r"reloaded .*max abs diff ([0-9.e+-]+)", out)
+    assert found, out
+    return float(found.group(1))
+
+
 def test_python_dash_m_entry_point_converts(tmp_path, t7):
     output = tmp_path / "cli.weights.h5"
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
@@ -409,5 +419,5 @@ def test_python_dash_m_entry_point_converts(tmp_path, t7):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "variant: t2t_vit_7 (detected)" in result.stdout and f"wrote {output}" in result.stdout
-    assert "max abs diff 0" in result.stdout and "111 tensors equal the checkpoint's" in result.stdout
+    assert _reload_diff(result.stdout) <= 1e-6 and "111 tensors equal the checkpoint's" in result.stdout
     assert os.listdir(tmp_path) == ["cli.weights.h5"]
