@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from keras_t2t import layers as t2t_layers
-from keras_t2t.model import _positive_int, validate_input_shape, validate_rates_and_top
+from keras_t2t.model import _positive_int, _top, validate_input_shape, validate_rates_and_top
 
 _PACKAGE = "keras_t2t"
 POSITION_EMBEDDINGS = ("learned", "sinusoid")
@@ -213,20 +213,8 @@ class ViT(keras.Model):
                 name=f"blocks_{i}",
                 dtype=dtype,
             )(x)
-        x = keras.layers.LayerNormalization(
-            epsilon=t2t_layers.LAYER_NORM_EPSILON, name="norm", dtype=dtype
-        )(x)
-        if pooling is not None:
-            x = t2t_layers.TokenPooling(pooling, name="pool", dtype=dtype)(x)
-        if include_top:
-            x = keras.layers.Dense(
-                classes,
-                kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-                name="head",
-                dtype=dtype,
-            )(x)
-            # Scores in float32 whatever the policy, as in T2TViT.
-            x = keras.layers.Activation(classifier_activation, name="predictions", dtype="float32")(x)
+        # The same final norm, pooling and head as T2TViT (layer names included).
+        x = _top(x, include_top, classes, pooling, classifier_activation, dtype)
         super().__init__(inputs=inputs, outputs=x, name=name, dtype=dtype, **kwargs)
 
         # === config ===
