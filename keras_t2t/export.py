@@ -537,7 +537,7 @@ def _write_saved_model(classifier, path, uint8_signature):
     import keras
     import tensorflow as tf
 
-    from keras_t2t.layers import attention_chunk_loop
+    from keras_t2t.layers import tracing_for_export
     from keras_t2t.preprocessing import preprocess_input
 
     shape = (None,) + tuple(classifier.inputs[0].shape[1:])
@@ -551,8 +551,9 @@ def _write_saved_model(classifier, path, uint8_signature):
     def serve_uint8(images):
         return classifier(preprocess_input(images), training=False)
 
-    # Query-chunked attention (T2T-ViT_t) traced as plain slices: no TensorList ops for TFLite.
-    with attention_chunk_loop("unrolled"):
+    # Query-chunked attention (T2T-ViT_t) traced as plain slices (no TensorList ops for TFLite),
+    # and every attention's softmax as one op (TFLite's SOFTMAX kernel).
+    with tracing_for_export():
         archive.add_endpoint(
             _SIGNATURE, serve, input_signature=[tf.TensorSpec(shape, tf.float32, name=_INPUT_NAME)]
         )
@@ -622,12 +623,12 @@ def _export_onnx(classifier, path):
 
     if importlib.util.find_spec("tf2onnx") is None:
         raise RuntimeError("ONNX export needs tf2onnx, onnx and onnxruntime: pip install 'keras-t2t[export]'")
-    from keras_t2t.layers import attention_chunk_loop
+    from keras_t2t.layers import tracing_for_export
 
     _register_tf2onnx_erfc()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with attention_chunk_loop("unrolled"):
+        with tracing_for_export():
             classifier.export(path, format="onnx", verbose=False)
 
 

@@ -78,8 +78,12 @@ def _attention_core(q, k, v, scale):
     torch: its fused ``scaled_dot_product_attention`` (via ``ops.dot_product_attention``,
     whose layout is (B, T, heads, d); the transposes are views there). TensorFlow and
     JAX: two batched matmuls in the heads-first layout, which XLA and oneDNN run about
-    twice as fast as ``ops.dot_product_attention``'s einsums on CPU. The logits and the
-    softmax are float32 under mixed precision, as in ``ops.dot_product_attention``.
+    twice as fast as ``ops.dot_product_attention``'s einsums on CPU, with the softmax's
+    division moved after the second matmul: ``(exp(l - max l) v) / sum exp(l - max l)``
+    is the same softmax-weighted sum, and it divides the (T, d) output instead of the
+    (T, T) weights (one pass over the weights fewer). The logits, the exponentials'
+    sum and the division are float32 under mixed precision, as in
+    ``ops.dot_product_attention``.
     """
     if keras.backend.backend() == "torch":
         out = ops.dot_product_attention(
@@ -89,9 +93,15 @@ def _attention_core(q, k, v, scale):
             scale=scale,
         )
         return ops.transpose(out, (0, 2, 1, 3))
-    logits = ops.matmul(q * ops.cast(scale, q.dtype), ops.transpose(k, (0, 1, 3, 2)))
-    probs = ops.softmax(ops.cast(logits, "float32"), axis=-1)
-    return ops.matmul(ops.cast(probs, v.dtype), v)
+    logits = ops.cast(ops.matmul(q * ops.cast(scale, q.dtype), ops.transpose(k, (0, 1, 3, 2))), "float32")
+    if _SOFTMAX_FORM["form"] == "softmax":
+        return ops.matmul(ops.cast(ops.softmax(logits, axis=-1), v.dtype), v)
+    # The shift only keeps exp() in range; it cancels in the division, so no gradient
+    # needs to flow through it.
+    weights = ops.exp(logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True)))
+    total = ops.sum(weights, axis=-1, keepdims=True)
+    out = ops.matmul(ops.cast(weights, v.dtype), v)
+    return ops.cast(ops.cast(out, "float32") / total, v.dtype)
 
 
 # How chunked_attention walks its query chunks: "map" (a loop op: lax.map /
@@ -102,21 +112,45 @@ _CHUNK_LOOP = {"mode": "map"}
 CHUNK_LOOP_MODES = ("map", "unrolled")
 
 
+# How _attention_core writes the softmax on TensorFlow and JAX: "deferred" (exp,
+# then the division after the value matmul: fewer passes over the weights under
+# XLA on CPU) or "softmax" (one softmax op, which TFLite runs as its builtin
+# SOFTMAX kernel). Set with ``attention_softmax_form``.
+_SOFTMAX_FORM = {"form": "deferred"}
+SOFTMAX_FORMS = ("deferred", "softmax")
+
+
 @contextlib.contextmanager
+def _setting(state, key, value, choices, what):
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {choices}; got {value!r}.")
+    previous = state[key]
+    state[key] = value
+    try:
+        yield
+    finally:
+        state[key] = previous
+
+
 def attention_chunk_loop(mode):
     """Within the block, chunked attention traces its chunks as ``mode`` ("map" or "unrolled").
 
     The exporter traces under ``"unrolled"``: the result is the same, and the
     graph has no TensorList ops, which TFLite's builtin ops cannot run.
     """
-    if mode not in CHUNK_LOOP_MODES:
-        raise ValueError(f"attention_chunk_loop mode must be one of {CHUNK_LOOP_MODES}; got {mode!r}.")
-    previous = _CHUNK_LOOP["mode"]
-    _CHUNK_LOOP["mode"] = mode
-    try:
+    return _setting(_CHUNK_LOOP, "mode", mode, CHUNK_LOOP_MODES, "attention_chunk_loop mode")
+
+
+def attention_softmax_form(form):
+    """Within the block, attention writes its softmax as ``form`` ("deferred" or "softmax")."""
+    return _setting(_SOFTMAX_FORM, "form", form, SOFTMAX_FORMS, "attention_softmax_form form")
+
+
+@contextlib.contextmanager
+def tracing_for_export():
+    """The forms converters run best: unrolled attention chunks and one softmax op each."""
+    with attention_chunk_loop("unrolled"), attention_softmax_form("softmax"):
         yield
-    finally:
-        _CHUNK_LOOP["mode"] = previous
 
 
 def chunked_attention(q, k, v, scale, query_chunk_size=None):

@@ -134,3 +134,100 @@ def test_t2t_vit_t_with_chunked_attention_converts_to_builtin_tflite(tmp_path):
     got = list(got.values())[0] if isinstance(got, dict) else got
     want = list(want.values())[0] if isinstance(want, dict) else want
     np.testing.assert_allclose(np.asarray(got), _np(want), atol=1e-5, rtol=1e-5)
+
+
+def _attention_and_grads_np(q, k, v, scale, upstream):
+    """NumPy float64: out = softmax(q k^T scale) v and the gradients of sum(out * upstream)."""
+    q, k, v, g = (x.astype("float64") for x in (q, k, v, upstream))
+    probs = ref.softmax(np.einsum("bhqd,bhkd->bhqk", q, k) * scale, axis=-1)
+    out = probs @ v
+    d_v = np.swapaxes(probs, -1, -2) @ g
+    d_probs = g @ np.swapaxes(v, -1, -2)
+    d_logits = probs * (d_probs - np.sum(d_probs * probs, axis=-1, keepdims=True))
+    d_q = d_logits @ k * scale
+    d_k = np.swapaxes(d_logits, -1, -2) @ q * scale
+    return out, (d_q, d_k, d_v)
+
+
+def _backend_grads(fn, args):
+    """(fn(*args), d sum(fn) / d args) with the active backend's autodiff (tests only)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(a) for a in args]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            out = fn(*tensors)
+            total = tf.reduce_sum(out)
+        return _np(out), [_np(g) for g in tape.gradient(total, tensors)]
+    if backend == "jax":
+        import jax
+
+        out = fn(*args)
+        grads = jax.grad(lambda *a: fn(*a).sum(), argnums=tuple(range(len(args))))(*args)
+        return _np(out), [_np(g) for g in grads]
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in args]
+    out = fn(*tensors)
+    out.sum().backward()
+    return _np(out.detach()), [t.grad.numpy() for t in tensors]
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_attention_gradients_match_the_analytic_softmax_gradients(chunk, rng):
+    # The deferred softmax division (and the shift it holds without gradient) must give
+    # the gradients of plain softmax attention, chunked or not.
+    q, k, v = (rng.standard_normal((2, 3, 21, 8)).astype("float32") for _ in range(3))
+    upstream = rng.standard_normal((2, 3, 21, 8)).astype("float32")
+    scale = 0.35
+    want_out, want_grads = _attention_and_grads_np(q, k, v, scale, upstream)
+    weights = keras.ops.convert_to_tensor(upstream)
+    got_out, got_grads = _backend_grads(
+        lambda q_, k_, v_: layers.chunked_attention(q_, k_, v_, scale, query_chunk_size=chunk) * weights,
+        (q, k, v),
+    )
+    np.testing.assert_allclose(got_out, want_out * upstream, atol=ATOL, rtol=ATOL)
+    for name, got, want in zip("qkv", got_grads, want_grads):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4, err_msg=f"d{name}")
+
+
+def test_attention_with_large_logits_stays_finite(rng):
+    # Logits in the thousands: exp() overflows unless the row maximum is taken out first.
+    q, k, v = (rng.standard_normal((1, 2, 12, 4)).astype("float32") for _ in range(3))
+    q *= 60.0
+    k *= 60.0
+    logits = np.einsum("bhqd,bhkd->bhqk", q.astype("float64"), k.astype("float64"))
+    assert np.abs(logits).max() > 1000
+    expected = ref.softmax(logits, axis=-1) @ v.astype("float64")
+    got = _np(layers.chunked_attention(q, k, v, 1.0))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=ATOL)
+
+
+def test_attention_in_bfloat16_keeps_float32_softmax(rng):
+    # bfloat16 q, k, v: the result is bfloat16 and within bfloat16 rounding of the
+    # float64 attention of the same (rounded) inputs.
+    q, k, v = (rng.standard_normal((2, 2, 30, 16)).astype("float32") for _ in range(3))
+    rounded = [_np(keras.ops.cast(keras.ops.cast(x, "bfloat16"), "float32")) for x in (q, k, v)]
+    expected = ref.softmax(
+        np.einsum("bhqd,bhkd->bhqk", rounded[0].astype("float64"), rounded[1].astype("float64")) * 0.25, axis=-1
+    ) @ rounded[2].astype("float64")
+    out = layers.chunked_attention(*(keras.ops.cast(x, "bfloat16") for x in (q, k, v)), 0.25)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_allclose(_np(keras.ops.cast(out, "float32")), expected, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("form", ["deferred", "softmax"])
+def test_both_softmax_forms_give_the_attention(form, rng):
+    # "deferred" (the default off torch) and "softmax" (what the exporter traces for TFLite).
+    q, k, v = (rng.standard_normal((2, 3, 17, 8)).astype("float32") for _ in range(3))
+    expected = ref.softmax(np.einsum("bhqd,bhkd->bhqk", q.astype("float64"), k.astype("float64")) * 0.3) @ v
+    with layers.attention_softmax_form(form):
+        got = _np(layers.chunked_attention(q, k, v, 0.3))
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=ATOL)
+    with pytest.raises(ValueError, match=r"form must be one of \('deferred', 'softmax'\); got 'fast'"):
+        with layers.attention_softmax_form("fast"):
+            pass
+    assert layers._SOFTMAX_FORM["form"] == "deferred"
