@@ -1,24 +1,45 @@
 """T2T-ViT speed benchmarks on the Keras 3 backends (CPU).
 
     python benchmarks/run.py [--variants t2t_vit_7,t2t_vit_14,t2t_vit_t_14]
-                             [--backends tensorflow,jax,torch] [--quick]
+                             [--backends tensorflow,jax,torch] [--cases default]
+                             [--quick] [--process-per-case]
                              [--output-dir benchmarks/results]
 
-Every (backend, variant, case) runs in its own child process, so the child's
-``ru_maxrss`` is the peak resident memory of that case alone (framework import
-and model build included). Cases:
+Every (backend, variant) pair runs its cases in sequence in one child process
+(``KERAS_BACKEND`` set): the framework is imported and the float32 model built
+once, and the cases reuse it. The order is infer_b32, latency_b1, tflite_b1,
+tflite_int8_b1, infer_b32_bf16, train_b32 (training last: it leaves optimizer
+state and changed weights behind). Before each case the child writes "5" to
+``/proc/self/clear_refs``, which resets the kernel's peak RSS (``VmHWM``) to
+the current RSS, so ``peak_rss_mb`` (``VmHWM`` at the end of the case) is the
+peak of that case, on top of ``rss_start_mb`` (``VmRSS`` when it started);
+where ``clear_refs`` is not writable it falls back to the process's monotonic
+``ru_maxrss``. ``--process-per-case`` runs every case in a fresh process
+instead, as before: ``peak_rss_mb`` is then that process's ``ru_maxrss``,
+framework import and model build included.
+
+The parent reads the child's ``START case`` / ``RESULT {json}`` lines as they
+come. A case that raises is reported failed (traceback tail) and the child goes
+on with the next one; a case that runs longer than ``--timeout`` or whose
+child dies (crash, OOM kill) is reported failed, and a new child runs the
+pair's remaining cases. Cases:
 
 * ``infer_b32``: ``predict_on_batch`` images/s at batch 32 (compiled: XLA
   ``jit_compile`` on TensorFlow, jitted on JAX; eager on torch).
 * ``latency_b1``: median ``predict_on_batch`` latency at batch 1, same compilation.
-* ``train_b32``: ``train_on_batch`` images/s at batch 32, AdamW, after warm-up.
 * ``tflite_b1`` (TensorFlow only): float32 ``.tflite`` median latency at batch 1
   with the LiteRT interpreter (all cores).
 * ``tflite_int8_b1`` (TensorFlow only): the same with dynamic-range int8 weights
   (``tflite_dynamic_int8``).
-* ``infer_b32_bf16``: as ``infer_b32`` under the ``mixed_bfloat16`` policy, plus
-  the top-1 agreement with the float32 model (same weights) on real images
-  (scikit-learn's digits, upsampled to the image size).
+* ``infer_b32_bf16``: as ``infer_b32`` under the ``mixed_bfloat16`` policy (its
+  own model, float32 model's weights), plus the top-1 agreement with the float32
+  model on real images (scikit-learn's digits, upsampled to the image size).
+* ``train_b32``: ``train_on_batch`` images/s at batch 32, AdamW, after warm-up.
+
+``--cases default`` (the default) runs every case but ``infer_b32_bf16`` for
+every variant, and ``infer_b32_bf16`` for the variants of
+``DEFAULT_BF16_VARIANTS`` (T2T-ViT-14) only; ``--quick`` runs every case;
+an explicit ``--cases a,b`` applies to every variant.
 
 For T2T-ViT_t variants every result also gives ``attention_materialised_mb``:
 the float32 (B, 1, N, N) logits of the first T2T layer's N-token attention
@@ -26,50 +47,126 @@ the float32 (B, 1, N, N) logits of the first T2T layer's N-token attention
 the rest; compare with ``peak_rss_mb``.
 
 Achieved GFLOP/s use ``keras_t2t.flops`` (training: 3 x forward, an estimate)
-and are compared with the machine's float32 and bfloat16 matmul peak measured
-here. Writes ``results.json``, ``results.md`` and ``results.png`` to
-``--output-dir``. ``--quick`` (batch 4, one warm-up, two timed steps, one
-small variant) only checks that everything runs; its numbers mean nothing.
+and are compared with the machine's float32 and bfloat16 matmul peak: the best
+over a few matmul shapes (2048^3, 4096^3 and a transformer block's
+6304x384 @ 384x1152), measured at the start and at the end of the run, the
+highest reading of each dtype. Writes ``results.json``, ``results.md`` and
+``results.png`` to ``--output-dir``. ``--quick`` (batch 4, one warm-up, two
+timed steps, one small variant, a small matmul peak) only checks that
+everything runs; its numbers mean nothing.
+
+Test hook (for tests/test_benchmarks.py, read by the child only): the
+environment variable ``T2T_BENCH_TEST_FAULT=case:action[,case:action]`` makes
+the child, at the start of that case, raise (``raise``), exit at once without
+a result (``exit``, as a crash would) or sleep (``sleep=SECONDS``).
 """
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
+import queue
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 BACKENDS = ("tensorflow", "jax", "torch")
-CASES = ("infer_b32", "latency_b1", "train_b32", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16")
+# The order the cases run in inside a child (training last: it changes the weights).
+CASES = ("infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16", "train_b32")
 # TFLite cases: the export format each converts to (keras_t2t.export).
 TFLITE_FORMATS = {"tflite_b1": "tflite_float32", "tflite_int8_b1": "tflite_dynamic_int8"}
-AGREEMENT_IMAGES = 256
+# 128 real images: one disagreement is 0.8%, so ">= 99% agreement" means none or one.
+AGREEMENT_IMAGES = 128
 DEFAULT_VARIANTS = ("t2t_vit_7", "t2t_vit_14", "t2t_vit_t_14")
+# ``--cases default``: infer_b32_bf16 (~60-110 s per backend, its 256-image agreement
+# check included) only for these variants; the issue's bfloat16 target is T2T-ViT-14.
+DEFAULT_BF16_VARIANTS = ("t2t_vit_14",)
+# Matmul shapes (m, k, n) of the machine peak: square ones and a transformer block's qkv
+# projection (32 images x 197 tokens, 384 -> 3 x 384).
+PEAK_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (6304, 384, 1152))
+QUICK_PEAK_SHAPES = ((1024, 1024, 1024),)
+FAULT_ENV = "T2T_BENCH_TEST_FAULT"
+PEAK_METHOD_RESET = "VmHWM reset per case"
+PEAK_METHOD_MONOTONIC = "process ru_maxrss (monotonic)"
+PEAK_METHOD_PROCESS = "fresh process per case: ru_maxrss (import and model build included)"
 
 
-def _rss_mb():
+def select_cases(spec, variant, backend, quick=False):
+    """The cases to run for ``variant`` on ``backend``, in running order.
+
+    ``spec`` is ``"default"`` (every case but ``infer_b32_bf16``, which only the
+    variants of DEFAULT_BF16_VARIANTS get; every case with ``quick``) or a
+    comma-separated list applied to every variant. TFLite cases exist on the
+    tensorflow backend only and are left out elsewhere."""
+    if spec == "default":
+        wanted = set(CASES)
+        if not quick and variant not in DEFAULT_BF16_VARIANTS:
+            wanted.discard("infer_b32_bf16")
+    else:
+        wanted = {c for c in spec.split(",") if c}
+        unknown = sorted(wanted - set(CASES))
+        if unknown:
+            raise ValueError(f"unknown case(s) {', '.join(unknown)}; accepted: default or {', '.join(CASES)}")
+    return [c for c in CASES if c in wanted and (backend == "tensorflow" or c not in TFLITE_FORMATS)]
+
+
+# --------------------------------------------------------------------------
+# Memory: /proc/self/status
+# --------------------------------------------------------------------------
+def _status_mb(key):
+    """``VmRSS`` / ``VmHWM`` of this process in MiB (None without /proc)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _maxrss_mb():
     # Linux reports ru_maxrss in KiB.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _reset_peak_rss():
+    """Resets the kernel's peak RSS (VmHWM) of this process to its current RSS; False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return _status_mb("VmHWM") is not None
+
+
+def _current_rss_mb():
+    rss = _status_mb("VmRSS")
+    return _maxrss_mb() if rss is None else rss
+
+
 # --------------------------------------------------------------------------
-# Child: one case
+# Child: the cases of one (backend, variant)
 # --------------------------------------------------------------------------
-# At least this many timed steps, whatever the time budget.
+# At least this many timed steps, whatever the time budget (training: a step of
+# T2T-ViT_t-14 takes 5-11 s here, and steps vary little).
 MIN_TIMED_STEPS = 3
+MIN_TIMED_TRAIN_STEPS = 2
 
 
-def _time_steps(step, warmup, iterations, budget_s, result):
+def _time_steps(step, warmup, iterations, budget_s, result, min_steps=MIN_TIMED_STEPS):
     """Runs ``warmup`` untimed steps, then timed steps: ``iterations`` of them, or fewer
-    (never below MIN_TIMED_STEPS) once the timed steps have used ``budget_s`` seconds
+    (never below ``min_steps``) once the timed steps have used ``budget_s`` seconds
     (0 = no budget). Returns the step times; notes the counts in ``result``."""
     start = time.perf_counter()
     for _ in range(warmup):
@@ -80,119 +177,162 @@ def _time_steps(step, warmup, iterations, budget_s, result):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-        if budget_s and sum(times) >= budget_s and len(times) >= min(MIN_TIMED_STEPS, iterations):
+        if budget_s and sum(times) >= budget_s and len(times) >= min(min_steps, iterations):
             break
     result["timed_steps"] = len(times)
     return times
 
 
-def run_case(backend, variant, case, batch_size, image_size, warmup, iterations, budget_s=0.0):
-    import keras
-    import numpy as np
+class CaseRunner:
+    """Runs the cases of one (backend, variant) in this process. The float32 model is
+    built (and compiled for inference) by the first case that needs it and reused by
+    the next ones; ``infer_b32_bf16`` builds its own mixed_bfloat16 model."""
 
-    from keras_t2t import create_model, flops
+    def __init__(self, backend, variant, batch_size, image_size, warmup, iterations, budget_s=0.0):
+        import keras
 
-    assert keras.backend.backend() == backend, (keras.backend.backend(), backend)
-    shape = (image_size, image_size, 3)
-    if case == "infer_b32_bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = create_model(variant, input_shape=shape)
-    keras.mixed_precision.set_global_policy("float32")
-    flops_per_image = flops.count_flops(model)["total_flops"]
-    batch = 1 if case in ("latency_b1",) + tuple(TFLITE_FORMATS) else batch_size
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((batch,) + shape).astype("float32")
-    result = {
-        "backend": backend,
-        "variant": variant,
-        "case": case,
-        "batch_size": batch,
-        "image_size": image_size,
-        "warmup": warmup,
-        "iterations": iterations,
-        "flops_per_image": flops_per_image,
-        "rss_after_build_mb": _rss_mb(),
-    }
-    if model.t2t_type == "transformer":
-        tokens = model.get_layer("tokens_to_token").stage_grids(image_size, image_size)[0]
-        result["attention_materialised_mb"] = batch * (tokens[0] * tokens[1]) ** 2 * 4 / 2**20
-    jit = backend in ("tensorflow", "jax")
-    result["compiled"] = TFLITE_FORMATS.get(case, jit)
-    if case == "infer_b32_bf16":
-        result["policy"] = "mixed_bfloat16"
-        result.update(_top1_agreement(model, variant, shape, batch, jit))
-    if case in ("infer_b32", "latency_b1", "infer_b32_bf16"):
-        model.compile(jit_compile=jit)
-        times = _time_steps(lambda: np.asarray(model.predict_on_batch(images)), warmup, iterations, budget_s, result)
-        step_flops = flops_per_image * batch
-    elif case == "train_b32":
-        labels = rng.integers(0, 1000, size=(batch,))
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=1e-4),
-            loss="sparse_categorical_crossentropy",
-            jit_compile=jit,
-        )
-        times = _time_steps(
-            lambda: float(np.asarray(model.train_on_batch(images, labels))), warmup, iterations, budget_s, result
-        )
-        step_flops = flops.TRAIN_FLOPS_FACTOR * flops_per_image * batch
-    elif case in TFLITE_FORMATS:
-        if backend != "tensorflow":
-            raise ValueError(f"{case} runs on the tensorflow backend only")
-        from keras_t2t import export
+        assert keras.backend.backend() == backend, (keras.backend.backend(), backend)
+        # The same initial weights on every run and backend: the bfloat16 agreement of a
+        # random model depends on them (near-tied scores).
+        keras.utils.set_random_seed(0)
+        self.backend, self.variant = backend, variant
+        self.batch_size, self.image_size = batch_size, image_size
+        self.warmup, self.iterations, self.budget_s = warmup, iterations, budget_s
+        self.shape = (image_size, image_size, 3)
+        self.jit = backend in ("tensorflow", "jax")
+        self._model = None
+        self._flops_per_image = None
 
-        with tempfile.TemporaryDirectory() as tmp:
+    def _build(self, policy):
+        import keras
+
+        from keras_t2t import create_model
+
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            return create_model(self.variant, input_shape=self.shape)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    def float32_model(self, result=None):
+        """The shared float32 model; notes in ``result`` whether this call built it."""
+        built = self._model is None
+        if built:
+            from keras_t2t import flops
+
             start = time.perf_counter()
-            classifier = export.classifier_for_export(model)
-            saved = os.path.join(tmp, "saved_model")
-            export._write_saved_model(classifier, saved, uint8_signature=False)
-            path = os.path.join(tmp, "model.tflite")
-            with open(path, "wb") as handle:
-                handle.write(export._convert_tflite(saved, TFLITE_FORMATS[case]))
-            result["convert_s"] = time.perf_counter() - start
-            result["tflite_mb"] = os.path.getsize(path) / 1e6
-            run = export._tflite_runner(path)
-            times = _time_steps(lambda: run(images), warmup, iterations, budget_s, result)
-        step_flops = flops_per_image
-    else:
-        raise ValueError(f"unknown case {case!r}")
-    median = float(np.median(times))
-    result.update(
-        step_s_median=median,
-        step_s_min=float(np.min(times)),
-        images_per_s=batch / median,
-        latency_ms=1000.0 * median,
-        achieved_gflops=step_flops / median / 1e9,
-        peak_rss_mb=_rss_mb(),
-        status="ok",
-    )
-    return result
+            self._model = self._build("float32")
+            self._model.compile(jit_compile=self.jit)
+            self._flops_per_image = flops.count_flops(self._model)["total_flops"]
+            if result is not None:
+                result["build_s"] = time.perf_counter() - start
+        if result is not None:
+            result["model_built"] = built
+        return self._model
+
+    def run(self, case):
+        import keras
+        import numpy as np
+
+        from keras_t2t import flops
+
+        if case not in CASES:
+            raise ValueError(f"unknown case {case!r}")
+        result = {"backend": self.backend, "variant": self.variant, "case": case}
+        model = self.float32_model(result)
+        batch = 1 if case in ("latency_b1",) + tuple(TFLITE_FORMATS) else self.batch_size
+        rng = np.random.default_rng(0)
+        images = rng.standard_normal((batch,) + self.shape).astype("float32")
+        result.update(
+            batch_size=batch,
+            image_size=self.image_size,
+            warmup=self.warmup,
+            iterations=self.iterations,
+            flops_per_image=self._flops_per_image,
+            rss_after_build_mb=_current_rss_mb(),
+        )
+        if model.t2t_type == "transformer":
+            tokens = model.get_layer("tokens_to_token").stage_grids(self.image_size, self.image_size)[0]
+            result["attention_materialised_mb"] = batch * (tokens[0] * tokens[1]) ** 2 * 4 / 2**20
+        result["compiled"] = TFLITE_FORMATS.get(case, self.jit)
+
+        def timed(step):
+            return _time_steps(step, self.warmup, self.iterations, self.budget_s, result)
+
+        if case in ("infer_b32", "latency_b1"):
+            times = timed(lambda: np.asarray(model.predict_on_batch(images)))
+            step_flops = self._flops_per_image * batch
+        elif case == "infer_b32_bf16":
+            bf16 = self._build("mixed_bfloat16")
+            bf16.set_weights(model.get_weights())
+            bf16.compile(jit_compile=self.jit)
+            result["policy"] = "mixed_bfloat16"
+            result.update(_top1_agreement(bf16, model, self.shape, batch))
+            times = timed(lambda: np.asarray(bf16.predict_on_batch(images)))
+            del bf16
+            step_flops = self._flops_per_image * batch
+        elif case == "train_b32":
+            labels = rng.integers(0, 1000, size=(batch,))
+            model.compile(
+                optimizer=keras.optimizers.AdamW(learning_rate=1e-4),
+                loss="sparse_categorical_crossentropy",
+                jit_compile=self.jit,
+            )
+            times = _time_steps(
+                lambda: float(np.asarray(model.train_on_batch(images, labels))),
+                self.warmup, self.iterations, self.budget_s, result, min_steps=MIN_TIMED_TRAIN_STEPS,
+            )
+            step_flops = flops.TRAIN_FLOPS_FACTOR * self._flops_per_image * batch
+        else:  # TFLite
+            if self.backend != "tensorflow":
+                raise ValueError(f"{case} runs on the tensorflow backend only")
+            from keras_t2t import export
+
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                classifier = export.classifier_for_export(model)
+                saved = os.path.join(tmp, "saved_model")
+                export._write_saved_model(classifier, saved, uint8_signature=False)
+                path = os.path.join(tmp, "model.tflite")
+                with open(path, "wb") as handle:
+                    handle.write(export._convert_tflite(saved, TFLITE_FORMATS[case]))
+                result["convert_s"] = time.perf_counter() - start
+                result["tflite_mb"] = os.path.getsize(path) / 1e6
+                run = export._tflite_runner(path)
+                times = timed(lambda: run(images))
+                del run, classifier
+            step_flops = self._flops_per_image
+        median = float(np.median(times))
+        result.update(
+            step_s_median=median,
+            step_s_min=float(np.min(times)),
+            images_per_s=batch / median,
+            latency_ms=1000.0 * median,
+            achieved_gflops=step_flops / median / 1e9,
+            status="ok",
+        )
+        return result
 
 
-def _top1_agreement(model, variant, shape, batch, jit):
-    """Top-1 agreement of ``model`` (bfloat16) with a float32 copy of its weights on real images."""
+def _top1_agreement(model, reference, shape, batch):
+    """Top-1 agreement of ``model`` (bfloat16) with ``reference`` (float32, same weights) on real images."""
     import numpy as np
 
-    from keras_t2t import create_model, preprocess_input
+    from keras_t2t import preprocess_input
     from keras_t2t.datasets import load_digits_images
 
-    reference = create_model(variant, input_shape=shape)
-    reference.set_weights(model.get_weights())
     (x_train, _), _ = load_digits_images(image_size=8, validation_fraction=0.2, seed=0)
     digits = x_train[:AGREEMENT_IMAGES]
     # 8x8 scans -> the model's image size (nearest neighbour; crops if not a multiple of 8).
     reps = -(-shape[0] // 8), -(-shape[1] // 8)
     images = np.repeat(np.repeat(digits, reps[0], axis=1), reps[1], axis=2)[:, : shape[0], : shape[1]]
     images = preprocess_input(images)
-    reference.compile(jit_compile=jit)
-    model.compile(jit_compile=jit)
     ref_scores, bf16_scores = [], []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         ref_scores.append(np.asarray(reference.predict_on_batch(chunk), "float32"))
         bf16_scores.append(np.asarray(model.predict_on_batch(chunk), "float32"))
     ref_scores, bf16_scores = np.concatenate(ref_scores), np.concatenate(bf16_scores)
-    del reference
     return {
         "agreement_images": int(len(images)),
         "top1_agreement": float(np.mean(ref_scores.argmax(-1) == bf16_scores.argmax(-1))),
@@ -203,34 +343,128 @@ def _top1_agreement(model, variant, shape, batch, jit):
     }
 
 
+def _test_faults():
+    """The test hook: ``T2T_BENCH_TEST_FAULT=case:action,...`` -> {case: action}."""
+    faults = {}
+    for item in os.environ.get(FAULT_ENV, "").split(","):
+        if item.strip():
+            case, _, action = item.strip().partition(":")
+            faults[case] = action
+    return faults
+
+
+def _apply_fault(action):
+    if action == "raise":
+        raise RuntimeError(f"fault injected by {FAULT_ENV} (test hook)")
+    if action == "exit":
+        os._exit(3)
+    if action.startswith("sleep="):
+        time.sleep(float(action.split("=", 1)[1]))
+    elif action:
+        raise ValueError(f"{FAULT_ENV}: unknown action {action!r} (raise, exit or sleep=SECONDS)")
+
+
+def child_main(backend, variant, cases, settings, reset_peak):
+    """Runs ``cases`` in order; prints ``START case`` when one begins and ``RESULT {json}`` when it ends."""
+    import importlib
+
+    # Imported before the first case: not part of its time or memory.
+    for module in ("keras", "keras_t2t"):
+        importlib.import_module(module)
+    faults = _test_faults()
+    runner = CaseRunner(backend, variant, **settings)
+    for case in cases:
+        gc.collect()
+        print(f"START {case}", flush=True)
+        method = PEAK_METHOD_PROCESS
+        if reset_peak:
+            method = PEAK_METHOD_RESET if _reset_peak_rss() else PEAK_METHOD_MONOTONIC
+        rss_start = _current_rss_mb()
+        start = time.perf_counter()
+        try:
+            _apply_fault(faults.get(case, ""))
+            result = runner.run(case)
+        except Exception:
+            result = {
+                "backend": backend,
+                "variant": variant,
+                "case": case,
+                "status": "failed",
+                "error": traceback.format_exc()[-2000:],
+            }
+        peak = _status_mb("VmHWM") if method == PEAK_METHOD_RESET else None
+        result.update(
+            case_s=time.perf_counter() - start,
+            rss_start_mb=rss_start,
+            peak_rss_mb=_maxrss_mb() if peak is None else peak,
+            peak_rss_method=method,
+            pid=os.getpid(),
+        )
+        print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------
 # Machine peak: large matmuls
 # --------------------------------------------------------------------------
-def matmul_peak(n=2048, repeats=5):
-    """GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), best of ``repeats``, float32 and bfloat16 (torch)."""
-    peak = {"matrix_size": n, "repeats": repeats}
+def matmul_peak(shapes=PEAK_SHAPES, repeats=3, min_time_s=0.5, when="start", only=None):
+    """Matmul readings: for float32 and bfloat16 (torch; numpy float32 without it) and every
+    (m, k, n) of ``shapes`` (or, with ``only`` = {dtype: shape}, that one shape per dtype),
+    the GFLOP/s (2 m k n FLOPs) of the fastest of at least ``repeats`` runs (more until
+    ``min_time_s`` seconds, at most 50) after one warm-up. Returns (method, readings)."""
+    readings = []
+
+    def shapes_of(dtype):
+        return [tuple(only[dtype])] if only and dtype in only else shapes
+
+    def measure(dtype, shape, matmul, a, b):
+        matmul(a, b)
+        times = []
+        while len(times) < 50 and (len(times) < repeats or sum(times) < min_time_s):
+            times.append(_timed(matmul, a, b))
+        m, k, n = shape
+        readings.append(
+            {"when": when, "dtype": dtype, "shape": list(shape), "runs": len(times), "best_s": min(times),
+             "gflops": 2 * m * k * n / min(times) / 1e9}
+        )
+
     try:
         import torch
 
-        peak["method"] = (
-            f"torch {torch.__version__} matmul, {torch.get_num_threads()} threads, best of {repeats}"
-        )
+        method = f"torch {torch.__version__} matmul, {torch.get_num_threads()} threads"
         for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-            a = torch.randn(n, n).to(dtype)
-            b = torch.randn(n, n).to(dtype)
-            torch.matmul(a, b)
-            best = min(_timed(torch.matmul, a, b) for _ in range(repeats))
-            peak[f"{name}_gflops"] = 2 * n**3 / best / 1e9
+            for m, k, n in shapes_of(name):
+                measure(name, (m, k, n), torch.matmul, torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype))
     except ImportError:
         import numpy as np
 
-        peak["method"] = (
-            f"numpy {np.__version__} matmul (torch missing: no bfloat16), best of {repeats}"
-        )
-        a = np.random.default_rng(0).standard_normal((n, n)).astype("float32")
-        best = min(_timed(np.matmul, a, a) for _ in range(repeats))
-        peak["float32_gflops"] = 2 * n**3 / best / 1e9
-        peak["bfloat16_gflops"] = None
+        method = f"numpy {np.__version__} matmul (torch missing: no bfloat16)"
+        rng = np.random.default_rng(0)
+        for m, k, n in shapes_of("float32"):
+            a = rng.standard_normal((m, k)).astype("float32")
+            b = rng.standard_normal((k, n)).astype("float32")
+            measure("float32", (m, k, n), np.matmul, a, b)
+    return method, readings
+
+
+def best_shapes(readings):
+    """{dtype: shape} of the fastest reading of each dtype."""
+    best = {}
+    for r in readings:
+        if r["dtype"] not in best or r["gflops"] > best[r["dtype"]][1]:
+            best[r["dtype"]] = (tuple(r["shape"]), r["gflops"])
+    return {dtype: shape for dtype, (shape, _) in best.items()}
+
+
+def peak_summary(method, readings, shapes, repeats):
+    """The report's ``peak``: every reading, and the highest float32 / bfloat16 one."""
+    peak = {"method": method, "shapes": [list(s) for s in shapes], "repeats": repeats, "readings": readings}
+    for dtype in ("float32", "bfloat16"):
+        values = [r["gflops"] for r in readings if r["dtype"] == dtype]
+        peak[f"{dtype}_gflops"] = max(values) if values else None
+        for when in ("start", "end"):
+            values = [r["gflops"] for r in readings if r["dtype"] == dtype and r["when"] == when]
+            peak[f"{dtype}_gflops_{when}"] = max(values) if values else None
     return peak
 
 
@@ -268,14 +502,31 @@ def _versions():
     return versions
 
 
-def _spawn(backend, variant, case, args, timeout):
+def _pump(stream, lines):
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _stderr_tail(handle, chars=2000):
+    handle.flush()
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(max(0, size - 4 * chars))
+    return handle.read().decode("utf-8", "replace")[-chars:]
+
+
+def _run_child(backend, variant, cases, args, on_start, on_result):
+    """Runs ``cases`` of one pair in one child process until they are done, one times out
+    or the child dies. Calls ``on_start(case)`` and ``on_result(result)`` as cases begin
+    and end; returns the results (at least one: the case that failed, if any)."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
         "--child",
-        f"{backend}:{variant}:{case}",
+        f"{backend}:{variant}:{','.join(cases)}",
         "--batch-size",
         str(args.batch_size),
         "--image-size",
@@ -287,34 +538,89 @@ def _spawn(backend, variant, case, args, timeout):
         "--time-budget",
         str(args.time_budget),
     ]
-    start = time.perf_counter()
-    failure = {"backend": backend, "variant": variant, "case": case, "status": "failed"}
-    try:
-        proc = subprocess.run(
-            cmd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return dict(
-            failure,
-            error=f"timed out after {timeout} s",
-            wall_s=time.perf_counter() - start,
-        )
-    wall = time.perf_counter() - start
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[len("RESULT ") :]), wall_s=wall)
-    return dict(
-        failure,
-        error=(proc.stderr or proc.stdout)[-2000:],
-        returncode=proc.returncode,
-        wall_s=wall,
-    )
+    if args.process_per_case:
+        cmd.append("--process-per-case")
+    results, pending, current = [], list(cases), None
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
+        lines = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        spawned = last_event = previous_end = time.perf_counter()
+        startup_s = None
+        try:
+            while pending:
+                deadline = last_event + args.timeout
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    line = "TIMEOUT"
+                now = time.perf_counter()
+                if line is None or line == "TIMEOUT":
+                    if line is None:  # stdout closed: the child is exiting; keep its own return code
+                        try:
+                            proc.wait(timeout=30)
+                        except subprocess.TimeoutExpired:
+                            pass
+                    if proc.poll() is None:
+                        proc.kill()
+                    returncode = proc.wait()
+                    case = current or pending[0]
+                    if current is None:
+                        on_start(case)
+                    failure = {"backend": backend, "variant": variant, "case": case, "status": "failed",
+                               "pid": proc.pid, "wall_s": now - previous_end}
+                    if line == "TIMEOUT":
+                        failure["error"] = f"timed out after {args.timeout:g} s" + (
+                            "" if current else " (child start-up, before the case began)"
+                        )
+                    else:
+                        failure["returncode"] = returncode
+                        failure["error"] = _stderr_tail(stderr) + (
+                            f"\nchild process died {'during the case' if current else 'before the case began'} "
+                            f"(return code {returncode})"
+                        )
+                    on_result(failure)
+                    results.append(failure)
+                    break
+                line = line.rstrip("\n")
+                if line.startswith("START "):
+                    current = line[len("START ") :]
+                    if startup_s is None:
+                        startup_s = now - spawned
+                    on_start(current)
+                    last_event = now
+                elif line.startswith("RESULT "):
+                    result = json.loads(line[len("RESULT ") :])
+                    # From the previous case's end (or the child's spawn: start-up included) to this one's.
+                    result["wall_s"] = now - previous_end
+                    if not results:
+                        result["child_startup_s"] = startup_s
+                    on_result(result)
+                    results.append(result)
+                    if result["case"] in pending:
+                        pending.remove(result["case"])
+                    current, last_event, previous_end = None, now, now
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            reader.join(timeout=10)
+            proc.stdout.close()
+    return results
+
+
+def run_pair(backend, variant, cases, args, on_start, on_result):
+    """All ``cases`` of one (backend, variant): one child (or one per case with
+    ``--process-per-case``), and a new child for the rest after a timeout or a crash."""
+    results, pending = [], list(cases)
+    while pending:
+        chunk = pending[:1] if args.process_per_case else pending
+        done = _run_child(backend, variant, chunk, args, on_start, on_result)
+        results.extend(done)
+        finished = {r["case"] for r in done}
+        pending = [c for c in pending if c not in finished]
+    return results
 
 
 def _fmt(value, spec):
@@ -326,31 +632,58 @@ def _failure(result):
     return "FAILED" + (": " + lines[-1][:120].replace("|", "/") if lines else "")
 
 
+def _shape_text(shape):
+    m, k, n = shape
+    return f"{m}^3" if m == k == n else f"{m}x{k} @ {k}x{n}"
+
+
+def _minutes(seconds):
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
 def markdown(report):
-    m, peak = report["machine"], report["peak"]
+    m, peak, settings = report["machine"], report["peak"], report["settings"]
+    methods = sorted({r["peak_rss_method"] for r in report["results"] if r.get("peak_rss_method")})
     lines = [
         f"# T2T-ViT benchmarks ({'QUICK: checks only, not a measurement' if report['quick'] else 'measurement'})",
         "",
-        f"- date: {report['date']}",
+        (
+            f"- date: {report['date']}; wall time of the run: {_minutes(report['wall_s'])} (cases: "
+            + ", ".join(f"{b} {_minutes(s)}" for b, s in report.get("wall_s_per_backend", {}).items())
+            + ")"
+        ),
         (
             f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs; load average before {m['loadavg_before']}, "
             f"after {m['loadavg_after']}"
         ),
         f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
         (
-            f"- matmul peak ({peak.get('method')}, n={peak['matrix_size']}): float32 "
-            f"{_fmt(peak.get('float32_gflops'), '.1f')} GFLOP/s, bfloat16 {_fmt(peak.get('bfloat16_gflops'), '.1f')} GFLOP/s"
+            f"- matmul peak ({peak.get('method')}; best over {', '.join(_shape_text(s) for s in peak['shapes'])}; "
+            f"the highest of the readings at the start and at the end of the run): float32 "
+            f"{_fmt(peak.get('float32_gflops'), '.1f')} GFLOP/s (start {_fmt(peak.get('float32_gflops_start'), '.1f')}, "
+            f"end {_fmt(peak.get('float32_gflops_end'), '.1f')}), bfloat16 {_fmt(peak.get('bfloat16_gflops'), '.1f')} "
+            f"GFLOP/s (start {_fmt(peak.get('bfloat16_gflops_start'), '.1f')}, "
+            f"end {_fmt(peak.get('bfloat16_gflops_end'), '.1f')})"
         ),
         (
-            f"- image size {report['settings']['image_size']}, warm-up {report['settings']['warmup']}, "
-            f"timed steps: up to {report['settings']['iterations']}, stopping after "
-            f"{report['settings'].get('time_budget_s', 0):g} s of them (at least {MIN_TIMED_STEPS}; 0 = no budget; "
+            f"- image size {settings['image_size']}, warm-up {settings['warmup']}, "
+            f"timed steps: up to {settings['iterations']}, stopping after "
+            f"{settings.get('time_budget_s', 0):g} s of them (at least {MIN_TIMED_STEPS}; 0 = no budget; "
             "median reported); training FLOPs = 3 x forward (estimate)"
         ),
+        (
+            f"- cases: {settings.get('cases')}; "
+            + (
+                "one process per case"
+                if settings.get("process_per_case")
+                else "one process per (backend, variant), cases in the table's order, model built once"
+            )
+            + f"; peak RSS: {', '.join(methods) or '-'} (rss at start: VmRSS when the case began)"
+        ),
         "",
-        "| backend | variant | case | batch | images/s | latency ms | GFLOP/s | % fp32 peak | peak RSS MB "
-        "| NxN attention MB | bf16 top-1 agreement | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | variant | case | batch | images/s | latency ms | GFLOP/s | % fp32 peak | rss at start MB "
+        "| peak RSS MB | NxN attention MB | bf16 top-1 agreement | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         ok = r.get("status") == "ok"
@@ -358,6 +691,7 @@ def markdown(report):
             f"| {r['backend']} | {r['variant']} | {r['case']} | {r.get('batch_size', '-')} | "
             f"{_fmt(r.get('images_per_s'), '.2f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
             f"{_fmt(r.get('achieved_gflops'), '.1f')} | {_fmt(r.get('fraction_of_fp32_peak') and 100 * r['fraction_of_fp32_peak'], '.1f')} | "
+            f"{_fmt(r.get('rss_start_mb'), '.0f')} | "
             f"{_fmt(r.get('peak_rss_mb'), '.0f')} | {_fmt(r.get('attention_materialised_mb'), '.0f')} | "
             f"{_fmt(None if r.get('top1_agreement') is None else 100 * r['top1_agreement'], '.1f')} | "
             f"{'ok' if ok else _failure(r)} |"
@@ -371,6 +705,8 @@ def chart(report, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from keras_t2t.io_utils import write_atomic
 
     rows = [r for r in report["results"] if r.get("status") == "ok"]
     variants = list(dict.fromkeys(r["variant"] for r in rows)) or ["(none)"]
@@ -399,25 +735,35 @@ def chart(report, path):
     title = "T2T-ViT on the Keras backends, CPU" + (" (QUICK: not a measurement)" if report["quick"] else "")
     fig.suptitle(f"{title}: {report['machine']['cpu_model']}, {report['date'][:10]}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)
 
 
 def main(argv=None):
+    run_start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--variants",
         default=None,
-        help="comma-separated (default: {})".format(",".join(DEFAULT_VARIANTS)),
+        help="comma-separated (default: {}; quick t2t_vit_7)".format(",".join(DEFAULT_VARIANTS)),
     )
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument(
-        "--cases", default=",".join(CASES), help="subset of " + ",".join(CASES)
+        "--cases",
+        default="default",
+        help="'default' (every case but infer_b32_bf16, which runs for {} only; every case with --quick) "
+        "or a comma-separated subset of {}, for every variant".format(",".join(DEFAULT_BF16_VARIANTS), ",".join(CASES)),
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny batches, t2t_vit_7 only: checks that it runs",
+        help="tiny batches, t2t_vit_7 only, every case, small matmul peak: checks that it runs",
+    )
+    parser.add_argument(
+        "--process-per-case",
+        action="store_true",
+        help="a fresh process per case (slower; peak RSS of that process alone, import and build included) "
+        "instead of one per (backend, variant)",
     )
     parser.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
     parser.add_argument(
@@ -428,7 +774,7 @@ def main(argv=None):
     )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps (default 2; quick 1)"
+        "--warmup", type=int, default=None, help="untimed steps (default 1: the first call compiles or warms up)"
     )
     parser.add_argument(
         "--iterations", type=int, default=None, help="timed steps at most (default 10; quick 2)"
@@ -438,31 +784,33 @@ def main(argv=None):
         type=float,
         default=None,
         help=f"seconds of timed steps per case, after which timing stops (at least {MIN_TIMED_STEPS} steps; "
-        "default 8, quick 0; 0 = always --iterations)",
+        "default 3, quick 0; 0 = always --iterations; training stops after at least 2)",
     )
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds per case")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds per case (and for a child's start-up); a case over it is recorded failed and a new "
+        "child runs the pair's remaining cases",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_size = args.batch_size or (4 if args.quick else 32)
     # One warm-up step: the first call compiles (XLA) or warms up (torch); later ones run as timed.
     args.warmup = args.warmup if args.warmup is not None else 1
     args.iterations = args.iterations or (2 if args.quick else 10)
-    args.time_budget = args.time_budget if args.time_budget is not None else (0.0 if args.quick else 8.0)
+    args.time_budget = args.time_budget if args.time_budget is not None else (0.0 if args.quick else 3.0)
 
     if args.child:
-        backend, variant, case = args.child.split(":")
-        result = run_case(
-            backend,
-            variant,
-            case,
-            args.batch_size,
-            args.image_size,
-            args.warmup,
-            args.iterations,
-            args.time_budget,
+        backend, variant, cases = args.child.split(":")
+        settings = dict(
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            warmup=args.warmup,
+            iterations=args.iterations,
+            budget_s=args.time_budget,
         )
-        print("RESULT " + json.dumps(result), flush=True)
-        return 0
+        return child_main(backend, variant, cases.split(","), settings, reset_peak=not args.process_per_case)
 
     backends = [b for b in args.backends.split(",") if b]
     variants = [
@@ -472,13 +820,15 @@ def main(argv=None):
         ).split(",")
         if v
     ]
-    cases = [c for c in args.cases.split(",") if c]
     for b in backends:
         if b not in BACKENDS:
             parser.error(f"unknown backend {b!r}; accepted: {', '.join(BACKENDS)}")
-    for c in cases:
-        if c not in CASES:
-            parser.error(f"unknown case {c!r}; accepted: {', '.join(CASES)}")
+    try:
+        plan = [(b, v, select_cases(args.cases, v, b, args.quick)) for b in backends for v in variants]
+    except ValueError as error:
+        parser.error(str(error))
+    from keras_t2t.io_utils import write_atomic, write_json_atomic
+    from keras_t2t import flops
     from keras_t2t.variants import VARIANTS
 
     for v in variants:
@@ -497,7 +847,10 @@ def main(argv=None):
             "warmup": args.warmup,
             "iterations": args.iterations,
             "time_budget_s": args.time_budget,
-            "train_flops_factor": 3,
+            "timeout_s": args.timeout,
+            "cases": args.cases,
+            "process_per_case": args.process_per_case,
+            "train_flops_factor": flops.TRAIN_FLOPS_FACTOR,
         },
         "machine": {
             "cpu_model": _cpu_model(),
@@ -506,45 +859,51 @@ def main(argv=None):
         },
         "versions": _versions(),
     }
-    print("matmul peak ...", flush=True)
-    report["peak"] = matmul_peak(
-        n=1024 if args.quick else 2048, repeats=3 if args.quick else 5
-    )
+    shapes = QUICK_PEAK_SHAPES if args.quick else PEAK_SHAPES
+    peak_kwargs = dict(shapes=shapes, repeats=3, min_time_s=0.2 if args.quick else 0.5)
+    print("matmul peak (start) ...", flush=True)
+    method, readings = matmul_peak(when="start", **peak_kwargs)
+
+    def on_start(case):
+        print(f"{backend} {variant} {case} ...", end=" ", flush=True)
+
+    def on_result(r):
+        if r.get("status") == "ok":
+            print(
+                f"{r['images_per_s']:.2f} img/s, {r['latency_ms']:.1f} ms, {r['achieved_gflops']:.1f} GFLOP/s, "
+                f"RSS {r['rss_start_mb']:.0f} -> peak {r['peak_rss_mb']:.0f} MB ({r['wall_s']:.0f} s)",
+                flush=True,
+            )
+        else:
+            print(f"FAILED ({(r.get('error') or '')[-300:]}) ({r['wall_s']:.0f} s)", flush=True)
+
     results = []
-    for backend in backends:
-        for variant in variants:
-            for case in cases:
-                if case in TFLITE_FORMATS and backend != "tensorflow":
-                    continue
-                print(f"{backend} {variant} {case} ...", end=" ", flush=True)
-                r = _spawn(backend, variant, case, args, args.timeout)
-                if r.get("status") == "ok":
-                    r["fraction_of_fp32_peak"] = (
-                        r["achieved_gflops"] / report["peak"]["float32_gflops"]
-                    )
-                    if report["peak"].get("bfloat16_gflops"):
-                        r["fraction_of_bf16_peak"] = (
-                            r["achieved_gflops"] / report["peak"]["bfloat16_gflops"]
-                        )
-                    print(
-                        f"{r['images_per_s']:.2f} img/s, {r['latency_ms']:.1f} ms, {r['achieved_gflops']:.1f} GFLOP/s, "
-                        f"{r['peak_rss_mb']:.0f} MB ({r['wall_s']:.0f} s)",
-                        flush=True,
-                    )
-                else:
-                    print(f"FAILED ({r.get('error', '')[-300:]})", flush=True)
-                results.append(r)
+    for backend, variant, cases in plan:
+        results.extend(run_pair(backend, variant, cases, args, on_start, on_result))
+    print("matmul peak (end) ...", flush=True)
+    # At the end only the shape that was fastest at the start, per dtype: the drift is what counts.
+    readings += matmul_peak(when="end", only=best_shapes(readings), **peak_kwargs)[1]
+    report["peak"] = peak_summary(method, readings, shapes, peak_kwargs["repeats"])
+    for r in results:
+        if r.get("status") == "ok":
+            r["fraction_of_fp32_peak"] = r["achieved_gflops"] / report["peak"]["float32_gflops"]
+            if report["peak"].get("bfloat16_gflops"):
+                r["fraction_of_bf16_peak"] = r["achieved_gflops"] / report["peak"]["bfloat16_gflops"]
     report["results"] = results
     report["machine"]["loadavg_after"] = list(os.getloadavg())
     for key in ("loadavg_before", "loadavg_after"):
         report["machine"][key] = [round(v, 2) for v in report["machine"][key]]
+    report["wall_s"] = time.perf_counter() - run_start
+    # Children only (start-up included); the rest of wall_s is the parent's imports and matmul peaks.
+    report["wall_s_per_backend"] = {b: sum(r["wall_s"] for r in results if r["backend"] == b) for b in backends}
 
-    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump(report, handle, indent=2)
-    with open(os.path.join(args.output_dir, "results.md"), "w") as handle:
-        handle.write(markdown(report))
+    write_json_atomic(os.path.join(args.output_dir, "results.json"), report)
+    text = markdown(report)
+    write_atomic(os.path.join(args.output_dir, "results.md"), lambda handle: handle.write(text.encode("utf-8")))
     chart(report, os.path.join(args.output_dir, "results.png"))
     print(f"wrote {args.output_dir}/results.json, results.md, results.png")
+    per_backend = ", ".join(f"{b} {_minutes(s)}" for b, s in report["wall_s_per_backend"].items())
+    print(f"total wall time: {_minutes(report['wall_s'])} ({per_backend})", flush=True)
     return 0 if all(r.get("status") == "ok" for r in results) else 1
 
 

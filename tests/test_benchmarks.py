@@ -1,9 +1,11 @@
-"""benchmarks/run.py --quick runs end to end and writes its JSON, Markdown and PNG.
+"""benchmarks/run.py: the quick run end to end (JSON, Markdown, PNG), a failing and a
+timed-out case contained in their (backend, variant) child, and the default case selection.
 
-TensorFlow backend only (CI budget: ~90 s on 2 cores); the numbers of a quick
+TensorFlow backend only (CI budget: ~2 min on 2 cores); the numbers of a quick
 run are not checked, only that they exist.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,27 +15,30 @@ import keras
 import pytest
 from helpers import REPO
 
-pytestmark = pytest.mark.skipif(
+RUN_PY = os.path.join(REPO, "benchmarks", "run.py")
+ALL_CASES = ("infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16", "train_b32")
+
+on_tensorflow = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
-    reason="the benchmark smoke run costs ~1 minute; it runs on the tensorflow backend only (CI budget)",
+    reason="the benchmark runs cost ~2 minutes; they run on the tensorflow backend only (CI budget)",
 )
 
 
-def test_quick_run_writes_reports(tmp_path):
-    out = tmp_path / "results"
+def _load_run():
+    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _quick_run(out, *extra, fault=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("T2T_BENCH_TEST_FAULT", None)
+    if fault:
+        env["T2T_BENCH_TEST_FAULT"] = fault
     proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "benchmarks", "run.py"),
-            "--quick",
-            "--backends",
-            keras.backend.backend(),
-            "--variants",
-            "t2t_vit_7",
-            "--output-dir",
-            str(out),
-        ],
+        [sys.executable, RUN_PY, "--quick", "--backends", "tensorflow", "--variants", "t2t_vit_7",
+         "--output-dir", str(out), *extra],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -41,21 +46,40 @@ def test_quick_run_writes_reports(tmp_path):
         timeout=300,
         check=False,
     )
+    report_path = out / "results.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else None
+    return proc, report
+
+
+@on_tensorflow
+def test_quick_run_writes_reports(tmp_path):
+    out = tmp_path / "results"
+    proc, report = _quick_run(out)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
 
-    report = json.loads((out / "results.json").read_text())
     assert report["quick"] is True
     for key in ("date", "machine", "versions", "peak", "settings", "results"):
         assert key in report
+    assert 0 < report["wall_s"] < 300
     assert (
         report["machine"]["cpus"] >= 1 and len(report["machine"]["loadavg_before"]) == 3
     )
-    assert report["peak"]["float32_gflops"] > 0
+    peak = report["peak"]
+    assert peak["float32_gflops"] > 0
+    readings = peak["readings"]
+    assert {r["when"] for r in readings} == {"start", "end"}
+    for r in readings:
+        assert r["gflops"] > 0 and len(r["shape"]) == 3 and r["dtype"] in ("float32", "bfloat16")
+    assert peak["float32_gflops"] == max(r["gflops"] for r in readings if r["dtype"] == "float32")
+
+    # Every case, in the running order, in one child process.
+    assert [r["case"] for r in report["results"]] == list(ALL_CASES)
+    assert len({r["pid"] for r in report["results"]}) == 1
     cases = {r["case"]: r for r in report["results"]}
-    assert set(cases) == {"infer_b32", "latency_b1", "train_b32", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16"}
     bf16 = cases["infer_b32_bf16"]
     assert bf16["policy"] == "mixed_bfloat16" and bf16["agreement_images"] > 0
     assert 0.0 <= bf16["top1_agreement"] <= 1.0 and bf16["max_abs_score_diff"] >= 0.0
+    assert cases["infer_b32"]["model_built"] and not cases["latency_b1"]["model_built"]
     for r in cases.values():
         assert r["status"] == "ok", r
         assert r["backend"] == "tensorflow" and r["variant"] == "t2t_vit_7"
@@ -64,9 +88,13 @@ def test_quick_run_writes_reports(tmp_path):
             "latency_ms",
             "achieved_gflops",
             "fraction_of_fp32_peak",
+            "rss_start_mb",
             "peak_rss_mb",
+            "wall_s",
         ):
             assert r[key] > 0, (r["case"], key)
+        assert r["rss_start_mb"] <= r["peak_rss_mb"], r["case"]
+        assert r["peak_rss_method"] in ("VmHWM reset per case", "process ru_maxrss (monotonic)")
         assert r["flops_per_image"] == 2 * 1_146_863_616
     assert (
         cases["latency_b1"]["batch_size"] == 1 and cases["tflite_b1"]["batch_size"] == cases["tflite_int8_b1"]["batch_size"] == 1
@@ -74,8 +102,126 @@ def test_quick_run_writes_reports(tmp_path):
 
     markdown = (out / "results.md").read_text()
     assert "QUICK" in markdown and "| backend | variant | case |" in markdown
+    assert "| rss at start MB | peak RSS MB |" in markdown
     for case in cases:
         assert f"| tensorflow | t2t_vit_7 | {case} |" in markdown
 
     png = (out / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+@on_tensorflow
+def test_failing_and_timed_out_cases_do_not_stop_the_others(tmp_path):
+    # The test hook (benchmarks/run.py's docstring): infer_b32 raises, tflite_b1 sleeps past the
+    # timeout. The timeout is far above what the other cases take (a few seconds each at quick size).
+    timeout = 25
+    proc, report = _quick_run(
+        tmp_path / "results",
+        "--cases", "infer_b32,latency_b1,tflite_b1,tflite_int8_b1",
+        "--timeout", str(timeout),
+        fault="infer_b32:raise,tflite_b1:sleep=600",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    cases = {r["case"]: r for r in report["results"]}
+    assert list(cases) == ["infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1"]
+
+    # (a) The exception is that case's failure; the same child runs the next case.
+    raised = cases["infer_b32"]
+    assert raised["status"] == "failed" and "fault injected by T2T_BENCH_TEST_FAULT" in raised["error"]
+    assert "Traceback" in raised["error"]
+    assert cases["latency_b1"]["status"] == "ok", cases["latency_b1"]
+    assert cases["latency_b1"]["pid"] == raised["pid"]
+
+    # (b) The case over --timeout is killed with its child; a new child runs the rest.
+    timed_out = cases["tflite_b1"]
+    assert timed_out["status"] == "failed" and timed_out["error"] == f"timed out after {timeout} s"
+    assert timeout <= timed_out["wall_s"] < timeout + 20
+    assert cases["tflite_int8_b1"]["status"] == "ok", cases["tflite_int8_b1"]
+    assert cases["tflite_int8_b1"]["pid"] != timed_out["pid"]
+
+    markdown = (tmp_path / "results" / "results.md").read_text()
+    assert "| tensorflow | t2t_vit_7 | tflite_b1 | - |" in markdown and "FAILED: timed out after" in markdown
+
+
+@on_tensorflow
+def test_process_per_case_and_a_crashed_child(tmp_path):
+    # --process-per-case: every case in its own process, peak RSS of that process; a child
+    # that dies mid-case (the hook's "exit", as a crash or an OOM kill would) fails that case only.
+    proc, report = _quick_run(
+        tmp_path / "results",
+        "--cases", "latency_b1,tflite_b1,tflite_int8_b1",
+        "--process-per-case",
+        fault="latency_b1:exit",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    cases = {r["case"]: r for r in report["results"]}
+    crashed = cases["latency_b1"]
+    assert crashed["status"] == "failed" and crashed["returncode"] == 3
+    assert "child process died during the case (return code 3)" in crashed["error"]
+    for case in ("tflite_b1", "tflite_int8_b1"):
+        assert cases[case]["status"] == "ok", cases[case]
+        assert cases[case]["peak_rss_method"].startswith("fresh process per case")
+        assert cases[case]["rss_start_mb"] <= cases[case]["peak_rss_mb"]
+    assert len({r["pid"] for r in cases.values()}) == 3
+
+
+def test_default_cases_per_variant():
+    run = _load_run()
+    without_bf16 = ["infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "train_b32"]
+    assert run.select_cases("default", "t2t_vit_7", "tensorflow") == without_bf16
+    assert run.select_cases("default", "t2t_vit_t_14", "tensorflow") == without_bf16
+    assert run.select_cases("default", "t2t_vit_14", "tensorflow") == list(ALL_CASES)
+    assert run.select_cases("default", "t2t_vit_14", "jax") == ["infer_b32", "latency_b1", "infer_b32_bf16", "train_b32"]
+    assert run.select_cases("default", "t2t_vit_7", "torch") == ["infer_b32", "latency_b1", "train_b32"]
+    # --quick runs every case; an explicit list applies to every variant, in the running order.
+    assert run.select_cases("default", "t2t_vit_7", "tensorflow", quick=True) == list(ALL_CASES)
+    for variant in ("t2t_vit_7", "t2t_vit_14"):
+        assert run.select_cases("train_b32,infer_b32_bf16,infer_b32", variant, "tensorflow") == [
+            "infer_b32", "infer_b32_bf16", "train_b32"
+        ]
+    assert run.select_cases("tflite_b1,latency_b1", "t2t_vit_7", "jax") == ["latency_b1"]
+    with pytest.raises(ValueError, match="unknown case"):
+        run.select_cases("infer_b64", "t2t_vit_7", "tensorflow")
+
+
+def test_peak_is_the_highest_reading_of_start_and_end():
+    run = _load_run()
+    readings = [
+        {"when": "start", "dtype": "float32", "shape": [2048, 2048, 2048], "gflops": 390.0},
+        {"when": "start", "dtype": "float32", "shape": [6304, 384, 1152], "gflops": 430.0},
+        {"when": "end", "dtype": "float32", "shape": [6304, 384, 1152], "gflops": 410.0},
+        {"when": "start", "dtype": "bfloat16", "shape": [2048, 2048, 2048], "gflops": 180.0},
+        {"when": "end", "dtype": "bfloat16", "shape": [4096, 4096, 4096], "gflops": 210.0},
+    ]
+    peak = run.peak_summary("test", readings, run.PEAK_SHAPES, 3)
+    assert peak["float32_gflops"] == 430.0 and peak["float32_gflops_end"] == 410.0
+    assert peak["bfloat16_gflops"] == 210.0 and peak["bfloat16_gflops_start"] == 180.0
+    assert peak["readings"] == readings
+
+
+def _load_breakdown():
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks_breakdown", os.path.join(REPO, "benchmarks", "breakdown.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_breakdown_times_the_parts_and_counts_their_flops():
+    # Small run on the active backend: 32x32 images give 2x2 + 1 = 5 tokens in T2T-ViT-7
+    # (width 256, 7 blocks, MLP ratio 2). The numbers are not checked, the FLOP bookkeeping is.
+    breakdown = _load_breakdown()
+    report = breakdown.breakdown("t2t_vit_7", batch_size=2, image_size=32, repeats=1)
+    assert report["backend"] == keras.backend.backend()
+    tokens, width, depth, hidden = 5, 256, 7, 512
+    per_block = 2 * tokens * (width * 3 * width + width * width + 2 * width * hidden)
+    assert report["flops"]["block_matmuls"] == 2 * depth * per_block
+    flops = report["flops"]
+    head = 2 * width * 1000 * 2
+    assert flops["t2t_module"] + flops["blocks"] + head == flops["model"]
+    for name in ("model", "t2t_module", "blocks", "block_matmuls"):
+        assert report["seconds"][name] > 0 and report["gflops_per_s"][name] > 0, name
+    assert report["share_of_model_flops"]["t2t_module"] == flops["t2t_module"] / flops["model"]
+    with pytest.raises(ValueError, match="standard-block T2T-ViT variant; got 't2t_vit_14_se'"):
+        breakdown.breakdown("t2t_vit_14_se", batch_size=1, image_size=32, repeats=1)
