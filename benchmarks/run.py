@@ -540,6 +540,8 @@ def _run_child(backend, variant, cases, args, on_start, on_result):
     ]
     if args.process_per_case:
         cmd.append("--process-per-case")
+    if args.keep_freed_memory:
+        cmd.append("--keep-freed-memory")
     results, pending, current = [], list(cases), None
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
@@ -679,6 +681,7 @@ def markdown(report):
                 else "one process per (backend, variant), cases in the table's order, model built once"
             )
             + f"; peak RSS: {', '.join(methods) or '-'} (rss at start: VmRSS when the case began)"
+            + ("; keras_t2t.allocator.keep_freed_memory() in every child" if settings.get("keep_freed_memory") else "")
         ),
         "",
         "| backend | variant | case | batch | images/s | latency ms | GFLOP/s | % fp32 peak | rss at start MB "
@@ -711,12 +714,13 @@ def chart(report, path):
     rows = [r for r in report["results"] if r.get("status") == "ok"]
     variants = list(dict.fromkeys(r["variant"] for r in rows)) or ["(none)"]
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    cases = [c for c in CASES if any(r["case"] == c for r in rows)]
     width = 0.8 / max(1, len(backends))
     fig, axes = plt.subplots(
         1, len(variants), figsize=(4.2 * len(variants) + 1, 4.2), sharey=True, squeeze=False
     )
     for ax, variant in zip(axes[0], variants):
+        # The cases this variant ran (the default runs infer_b32_bf16 for T2T-ViT-14 only).
+        cases = [c for c in CASES if any(r["case"] == c and r["variant"] == variant for r in rows)]
         for b, backend in enumerate(backends):
             by_case = {r["case"]: r for r in rows if r["variant"] == variant and r["backend"] == backend}
             xs = [i + (b - (len(backends) - 1) / 2) * width for i, c in enumerate(cases) if c in by_case]
@@ -765,6 +769,12 @@ def main(argv=None):
         help="a fresh process per case (slower; peak RSS of that process alone, import and build included) "
         "instead of one per (backend, variant)",
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="every child first calls keras_t2t.allocator.keep_freed_memory() (glibc: freed activations "
+        "are reused instead of refaulted; faster on torch)",
+    )
     parser.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
     parser.add_argument(
         "--batch-size",
@@ -810,6 +820,10 @@ def main(argv=None):
             iterations=args.iterations,
             budget_s=args.time_budget,
         )
+        if args.keep_freed_memory:
+            from keras_t2t.allocator import keep_freed_memory
+
+            keep_freed_memory()
         return child_main(backend, variant, cases.split(","), settings, reset_peak=not args.process_per_case)
 
     backends = [b for b in args.backends.split(",") if b]
@@ -850,6 +864,7 @@ def main(argv=None):
             "timeout_s": args.timeout,
             "cases": args.cases,
             "process_per_case": args.process_per_case,
+            "keep_freed_memory": args.keep_freed_memory,
             "train_flops_factor": flops.TRAIN_FLOPS_FACTOR,
         },
         "machine": {

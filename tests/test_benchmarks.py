@@ -119,9 +119,12 @@ def test_failing_and_timed_out_cases_do_not_stop_the_others(tmp_path):
         tmp_path / "results",
         "--cases", "infer_b32,latency_b1,tflite_b1,tflite_int8_b1",
         "--timeout", str(timeout),
+        "--keep-freed-memory",
         fault="infer_b32:raise,tflite_b1:sleep=600",
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    # --keep-freed-memory reaches the children (they run with it, and the report says so).
+    assert report["settings"]["keep_freed_memory"] is True
     cases = {r["case"]: r for r in report["results"]}
     assert list(cases) == ["infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1"]
 
