@@ -79,6 +79,18 @@ def test_eval_only_reproduces_the_runs_accuracy(tiny_run, digits_dir, tmp_path):
     assert evaluated["val_top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
 
 
+def test_keep_freed_memory_is_applied_before_the_run(tiny_run, digits_dir, tmp_path, capsys):
+    # --eval-only keeps it short; the allocator setting (tests/test_allocator.py checks its effect)
+    # is made and reported before any work.
+    out, _ = tiny_run
+    args = ["--output-dir", str(tmp_path), "--data-dir", digits_dir, "--eval-only", "--keep-freed-memory",
+            "--weights", os.path.join(out, "last.weights.h5")] + TINY
+    assert train_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "allocator: freed memory stays in the process (mmap threshold 33554432 bytes" in printed
+    assert printed.index("allocator:") < printed.index("recipe preset:")
+
+
 def test_rerunning_a_finished_run_resumes_without_more_steps(tiny_run, digits_dir):
     out, summary = tiny_run
     assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 0
