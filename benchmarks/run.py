@@ -256,8 +256,8 @@ class CaseRunner:
             result["attention_materialised_mb"] = batch * (tokens[0] * tokens[1]) ** 2 * 4 / 2**20
         result["compiled"] = TFLITE_FORMATS.get(case, self.jit)
 
-        def timed(step):
-            return _time_steps(step, self.warmup, self.iterations, self.budget_s, result)
+        def timed(step, min_steps=MIN_TIMED_STEPS):
+            return _time_steps(step, self.warmup, self.iterations, self.budget_s, result, min_steps)
 
         if case in ("infer_b32", "latency_b1"):
             times = timed(lambda: np.asarray(model.predict_on_batch(images)))
@@ -278,10 +278,7 @@ class CaseRunner:
                 loss="sparse_categorical_crossentropy",
                 jit_compile=self.jit,
             )
-            times = _time_steps(
-                lambda: float(np.asarray(model.train_on_batch(images, labels))),
-                self.warmup, self.iterations, self.budget_s, result, min_steps=MIN_TIMED_TRAIN_STEPS,
-            )
+            times = timed(lambda: float(np.asarray(model.train_on_batch(images, labels))), MIN_TIMED_TRAIN_STEPS)
             step_flops = flops.TRAIN_FLOPS_FACTOR * self._flops_per_image * batch
         else:  # TFLite
             if self.backend != "tensorflow":
