@@ -73,7 +73,7 @@ def breakdown(variant="t2t_vit_14", batch_size=32, image_size=224, repeats=5):
     import numpy as np
 
     from keras_t2t import create_model, flops
-    from keras_t2t.variants import STUDY_VARIANTS
+    from keras_t2t.models.presets import STUDY_VARIANTS
 
     if variant in STUDY_VARIANTS:
         raise ValueError(f"breakdown needs a standard-block T2T-ViT variant; got {variant!r}.")

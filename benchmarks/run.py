@@ -289,13 +289,13 @@ class CaseRunner:
                 start = time.perf_counter()
                 classifier = export.classifier_for_export(model)
                 saved = os.path.join(tmp, "saved_model")
-                export._write_saved_model(classifier, saved, uint8_signature=False)
+                export.write_saved_model(classifier, saved, uint8_signature=False)
                 path = os.path.join(tmp, "model.tflite")
                 with open(path, "wb") as handle:
-                    handle.write(export._convert_tflite(saved, TFLITE_FORMATS[case]))
+                    handle.write(export.convert_tflite(saved, TFLITE_FORMATS[case].removeprefix("tflite_")))
                 result["convert_s"] = time.perf_counter() - start
                 result["tflite_mb"] = os.path.getsize(path) / 1e6
-                run = export._tflite_runner(path)
+                run = export.tflite_runner(path)
                 times = timed(lambda: run(images))
                 del run, classifier
             step_flops = self._flops_per_image
@@ -316,7 +316,7 @@ def _top1_agreement(model, reference, shape, batch):
     import numpy as np
 
     from keras_t2t import preprocess_input
-    from keras_t2t.datasets import load_digits_images
+    from keras_t2t.data.digits import load_digits_images
 
     (x_train, _), _ = load_digits_images(image_size=8, validation_fraction=0.2, seed=0)
     digits = x_train[:AGREEMENT_IMAGES]
@@ -840,7 +840,7 @@ def main(argv=None):
         parser.error(str(error))
     from keras_t2t.io_utils import write_atomic, write_json_atomic
     from keras_t2t import flops
-    from keras_t2t.variants import VARIANTS
+    from keras_t2t.models.presets import VARIANTS
 
     for v in variants:
         if v not in VARIANTS:

@@ -80,6 +80,7 @@ def main(argv=None):
     import keras
 
     from keras_t2t import visualize
+    from keras_t2t.data.digits import digits_sample
     from keras_t2t.io_utils import write_json_atomic
     from keras_t2t.training import DIGITS, train
 
@@ -91,7 +92,7 @@ def main(argv=None):
     results = {"recipe": recipe.to_dict(), "backend": keras.backend.backend(), "keras": keras.__version__,
                "cpus": os.cpu_count(), "machine": platform.machine(), "quick": args.quick, "models": {}}
     histories = {}
-    image, label = visualize.digits_sample(recipe.image_size, recipe.image_size, index=0)
+    image, label = digits_sample(recipe.image_size, recipe.image_size, index=0)
     figures = []
     for name in MODELS:
         out = os.path.join(args.output_dir, name)

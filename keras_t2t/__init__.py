@@ -1,70 +1,94 @@
 """keras-t2t: the Tokens-to-Token Vision Transformer (Yuan et al., ICCV 2021) for Keras 3.
 
-Runs unchanged on TensorFlow, JAX and PyTorch (``KERAS_BACKEND``).
+Runs unchanged on TensorFlow, JAX and PyTorch (``KERAS_BACKEND``). Every model
+is a row of one registry (``keras_t2t.models.presets``): ``list_models()``
+names them, ``create_model(name, ...)`` builds any of them, and each has a
+builder of its own name (``keras_t2t.t2t_vit_14(...)``), generated below.
+``docs/ARCHITECTURE.md`` describes the package's rooms.
 """
 
+from keras_t2t.builders import BUILDERS, create_model, from_checkpoint, list_models, list_variants
+from keras_t2t.data.imagenet import decode_predictions
+from keras_t2t.data.images import preprocess_input
 from keras_t2t.layers import (
+    CheapOperation,
     ClassToken,
+    DenseBlock,
+    DenseTransition,
     DropPath,
+    GhostAttention,
+    GhostBlock,
+    GhostMlp,
     Mlp,
     MultiHeadSelfAttention,
+    SEAttention,
+    SEBlock,
     SinusoidPositionEmbedding,
     SoftSplit,
+    SqueezeExcite,
     TokenPerformer,
     TokenPooling,
     TokensToToken,
     TokenTransformer,
     TransformerBlock,
 )
-from keras_t2t.model import T2TViT, T2TViTDense
-from keras_t2t.preprocessing import preprocess_input
-from keras_t2t.study_layers import (
-    CheapOperation,
-    DenseBlock,
-    DenseTransition,
-    GhostAttention,
-    GhostBlock,
-    GhostMlp,
-    SEAttention,
-    SEBlock,
-    SqueezeExcite,
-)
-from keras_t2t.variants import (
-    ALL_VARIANTS,
-    RELEASED_WEIGHTS,
-    STUDY_VARIANTS,
-    VARIANTS,
-    create_model,
-    detect_variant,
-    from_checkpoint,
-    list_variants,
-)
-from keras_t2t.variants import BUILDERS as _BUILDERS
-from keras_t2t.vit import VIT_CONFIGS, ViT, create_vit, vit_base_patch16, vit_mini, vit_small_patch16
-from keras_t2t.weights import load_weights, model_state_dict, resize_pos_embed
-
-t2t_vit_7 = _BUILDERS["t2t_vit_7"]
-t2t_vit_10 = _BUILDERS["t2t_vit_10"]
-t2t_vit_12 = _BUILDERS["t2t_vit_12"]
-t2t_vit_14 = _BUILDERS["t2t_vit_14"]
-t2t_vit_19 = _BUILDERS["t2t_vit_19"]
-t2t_vit_24 = _BUILDERS["t2t_vit_24"]
-t2t_vit_t_14 = _BUILDERS["t2t_vit_t_14"]
-t2t_vit_t_19 = _BUILDERS["t2t_vit_t_19"]
-t2t_vit_t_24 = _BUILDERS["t2t_vit_t_24"]
-t2t_vit_14_resnext = _BUILDERS["t2t_vit_14_resnext"]
-t2t_vit_14_wide = _BUILDERS["t2t_vit_14_wide"]
-# The paper's backbone studies (STUDY_VARIANTS).
-t2t_vit_14_se = _BUILDERS["t2t_vit_14_se"]
-t2t_vit_16_ghost = _BUILDERS["t2t_vit_16_ghost"]
-t2t_vit_dense = _BUILDERS["t2t_vit_dense"]
+from keras_t2t.models.presets import ALL_VARIANTS, MODELS, RELEASED_WEIGHTS, STUDY_VARIANTS, VARIANTS, VIT_CONFIGS
+from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
+from keras_t2t.models.vit import ViT
+from keras_t2t.weights import detect_variant, load_weights, model_state_dict, resize_pos_embed
 
 
-def decode_predictions(preds, top=5):
-    """ImageNet-1k class ids, names and scores of the top predictions (see ``keras_t2t.imagenet``)."""
-    from keras_t2t.imagenet import decode_predictions as _decode
+def create_vit(name, **kwargs):
+    """Builds a ViT of the registry by name, e.g. ``create_vit("vit_mini", classes=10)``."""
+    if name not in VIT_CONFIGS:
+        raise ValueError(f"Unknown ViT configuration {name!r}; accepted: {', '.join(VIT_CONFIGS)}.")
+    return create_model(name, **kwargs)
 
-    return _decode(preds, top=top)
 
+# One public builder per registered model: keras_t2t.t2t_vit_14, keras_t2t.vit_mini, ...
+globals().update(BUILDERS)
+
+__all__ = [
+    "ALL_VARIANTS",
+    "CheapOperation",
+    "ClassToken",
+    "DenseBlock",
+    "DenseTransition",
+    "DropPath",
+    "GhostAttention",
+    "GhostBlock",
+    "GhostMlp",
+    "MODELS",
+    "Mlp",
+    "MultiHeadSelfAttention",
+    "RELEASED_WEIGHTS",
+    "SEAttention",
+    "SEBlock",
+    "STUDY_VARIANTS",
+    "SinusoidPositionEmbedding",
+    "SoftSplit",
+    "SqueezeExcite",
+    "T2TViT",
+    "T2TViTDense",
+    "TokenPerformer",
+    "TokenPooling",
+    "TokenTransformer",
+    "TokensToToken",
+    "TransformerBlock",
+    "VARIANTS",
+    "VIT_CONFIGS",
+    "ViT",
+    "create_model",
+    "create_vit",
+    "decode_predictions",
+    "detect_variant",
+    "from_checkpoint",
+    "list_models",
+    "list_variants",
+    "load_weights",
+    "model_state_dict",
+    "preprocess_input",
+    "resize_pos_embed",
+] + sorted(BUILDERS)
 
 __version__ = "0.1.0"

@@ -37,6 +37,7 @@ All the numbers above are MACs; the returned dict is in FLOPs (x2).
 """
 
 from keras_t2t.layers import DEFAULT_T2T_STAGES, unfold_grid
+from keras_t2t.models.presets import get_preset
 
 TRAIN_FLOPS_FACTOR = 3
 PERFORMER_KERNEL_RATIO = 0.5
@@ -88,13 +89,12 @@ def block_macs(tokens, dim, mlp_ratio):
 
 def _config(model_or_config):
     if isinstance(model_or_config, str):
-        from keras_t2t.variants import ALL_VARIANTS, VARIANTS
-
-        if model_or_config not in ALL_VARIANTS:
-            raise ValueError(
-                f"Unknown T2T-ViT variant {model_or_config!r}; accepted: {', '.join(VARIANTS)}."
-            )
-        config = dict(ALL_VARIANTS[model_or_config])
+        preset = get_preset(model_or_config)
+        if preset.family == "vit":
+            raise ValueError(f"count_flops counts T2T-ViT models; {model_or_config!r} is a ViT.")
+        config = dict(preset.config, block_type="dense" if preset.family == "t2t_vit_dense" else
+                      preset.config.get("block_type", "standard"))
+        config.setdefault("input_shape", (preset.image_size, preset.image_size, 3))
     elif hasattr(model_or_config, "get_config") and not isinstance(model_or_config, dict):
         config = model_or_config.get_config()
     else:
@@ -114,7 +114,8 @@ def count_flops(model_or_config, input_shape=None):
 
     ``model_or_config``: a ``T2TViT``, its ``get_config()`` dict (or a partial
     dict with the ``T2TViT`` keywords; missing keys take the ``T2TViT``
-    defaults), or a variant name (then at 224x224, 1000 classes unless
+    defaults), or a registered name (then at its registry image size, 224x224 for the
+    paper's models, with 1000 classes unless
     ``input_shape`` says otherwise). Returns::
 
         {"parts": {"attention1.kqv": flops, ..., "project": ..., "blocks_0.qkv": ..., "head": ...},

@@ -1,8 +1,31 @@
-"""Small file helpers shared by the commands."""
+"""Small file helpers shared by the commands: the package's one atomic writer.
 
+A file or folder is written under a hidden temporary name beside its final
+name and renamed onto it once complete, so a reader (or a later run after a
+kill) sees either the old content or the whole new one, never half a file.
+Single files go through ``write_atomic`` (``write_text_atomic``,
+``write_json_atomic``); a writer that must create the file or folder itself (a
+converter, a SavedModel) gets a path from ``atomic_temp_path`` and finishes with
+``install_atomic``.
+"""
+
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _permissions_of_a_new(path):
+    # mkstemp/mkdtemp make private (0600/0700) entries; the final file gets the
+    # permissions any new file or folder gets under the umask.
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 def write_atomic(path, write):
@@ -15,6 +38,7 @@ def write_atomic(path, write):
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        _permissions_of_a_new(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -23,7 +47,69 @@ def write_atomic(path, write):
     return path
 
 
+def write_text_atomic(path, text):
+    """Writes ``text`` (UTF-8) so that ``path`` is either the old file or the complete new one."""
+    return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def write_json_atomic(path, data):
     """Writes ``data`` as JSON so that ``path`` is either the old file or the complete new one."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_temp_path(directory, final_name, is_directory=False):
+    """A new, empty hidden file (or folder) ``.<final_name>.partial-*`` in ``directory``.
+
+    For writers that create their output themselves; ``install_atomic`` moves it
+    onto its final name, ``remove_path`` discards it.
+    """
+    prefix = f".{final_name}.partial-"
+    if is_directory:
+        return tempfile.mkdtemp(dir=directory, prefix=prefix)
+    fd, path = tempfile.mkstemp(dir=directory, prefix=prefix)
+    os.close(fd)
+    return path
+
+
+def atomic_temp_file_like(final, suffix):
+    """A new, empty hidden file ``.<name>.partial-*<suffix>`` beside ``final``.
+
+    ``atomic_temp_path`` for writers that pick their format from the path's ending
+    (Keras saves ``.keras`` and ``.weights.h5`` by suffix); ``install_atomic``
+    moves it onto ``final``, ``remove_path`` discards it.
+    """
+    final = os.path.abspath(final)
+    fd, path = tempfile.mkstemp(
+        dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.partial-", suffix=suffix
+    )
+    os.close(fd)
+    return path
+
+
+def install_atomic(temp, final):
+    """Renames ``temp`` (a file or a folder) onto ``final``, replacing what is there.
+
+    A file replaces a file in one rename. A folder replaces a folder by two
+    renames (the old one aside, the new one in) and the old one is deleted
+    after, so ``final`` never holds a mix of old and new files.
+    """
+    _permissions_of_a_new(temp)
+    if os.path.isdir(final) and not os.path.islink(final):
+        trash = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.old-")
+        os.rmdir(trash)
+        os.rename(final, trash)
+        os.rename(temp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(temp, final)
+
+
+def remove_path(path):
+    """Deletes a file, a link or a folder tree if it exists (``None`` is ignored)."""
+    if path is None:
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

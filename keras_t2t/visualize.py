@@ -27,22 +27,25 @@ Picture size: every map is a square of ``panel_px`` pixels, laid out
         --image cat.jpg --stage t2t_layer_1 --block 13 --output-dir vis/
 """
 
-import argparse
 import math
 import os
+import runpy
 import re
-import sys
 import textwrap
 
+import keras
 import numpy as np
+from keras import ops
 
+from keras_t2t.data.images import denormalize
+from keras_t2t.layers import restructurization
 from keras_t2t.io_utils import write_atomic
 
 TITLE_PX = 32
 _STAGE = re.compile(r"^(soft_split|t2t_layer|block)_(-?\d+)$")
 
 
-def _require_matplotlib():
+def require_matplotlib():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -151,8 +154,6 @@ def default_stage(model):
 # the arrays
 # --------------------------------------------------------------------------
 def _numpy(x):
-    import keras
-
     return np.asarray(keras.ops.convert_to_numpy(x), dtype="float32")
 
 
@@ -161,8 +162,6 @@ def _final_grid(model):
 
 
 def _submodel_output(model, tensor, images):
-    import keras
-
     return keras.Model(model.input, tensor)(images, training=False)
 
 
@@ -172,23 +171,18 @@ def _t2t_steps(t2t, images):
     The T2T module's inner steps are not nodes of the functional graph, so this
     runs its own sublayers in the order its call() does.
     """
-    from keras import ops
-
     grids = t2t.stage_grids(images.shape[1], images.shape[2])
     x = t2t.soft_splits[0](images)
     yield "soft_split_0", x, grids[0]
     for i, attention in enumerate(t2t.attentions):
         x = attention(x, training=False)
         yield f"t2t_layer_{i + 1}", x, grids[i]
-        x = ops.reshape(x, (-1, grids[i][0], grids[i][1], x.shape[-1]))
-        x = t2t.soft_splits[i + 1](x)
+        x = t2t.soft_splits[i + 1](restructurization(x, grids[i]))
         yield f"soft_split_{i + 1}", x, grids[i + 1]
 
 
 def stage_features(model, images, stage):
     """Token features of ``stage`` on their grid: ``(B, rows, cols, C)`` float32 NumPy."""
-    from keras import ops
-
     stage = resolve_stage(model, stage)
     images = ops.convert_to_tensor(np.asarray(images, dtype="float32"))
     if stage.startswith("block_"):
@@ -210,12 +204,10 @@ def stage_features(model, images, stage):
 def cls_attention(model, images, block):
     """The class token's attention over the patch tokens in block ``block``: ``(B, heads, rows, cols)``.
 
-    softmax(q_cls k^T * scale) from the block's own norm1 and qkv weights; the
-    class token's attention to itself is left out, so a head's map sums to
-    1 minus that.
+    The class token's row of the block's own softmax
+    (``MultiHeadSelfAttention.attention_weights`` of norm1 of the block input);
+    its attention to itself is left out, so a head's map sums to 1 minus that.
     """
-    from keras import ops
-
     index = resolve_block(model, block)
     layer = model.get_layer(f"blocks_{index}")
     if not hasattr(getattr(layer, "attn", None), "qkv"):
@@ -226,18 +218,9 @@ def cls_attention(model, images, block):
         )
     images = ops.convert_to_tensor(np.asarray(images, dtype="float32"))
     x = ops.cast(_submodel_output(model, layer.input, images), "float32")
-    heads = int(layer.num_heads)
-    dim = int(x.shape[-1])
-    head_dim = dim // heads
-    scale = layer.qk_scale if layer.qk_scale is not None else head_dim**-0.5
-    qkv = ops.cast(layer.attn.qkv(layer.norm1(x)), "float32")
-    qkv = ops.reshape(qkv, (-1, x.shape[1], 3, heads, head_dim))
-    query = qkv[:, 0, 0]  # the class token's query, (B, heads, head_dim)
-    keys = qkv[:, :, 1]  # (B, T, heads, head_dim)
-    logits = ops.einsum("bhd,bthd->bht", query, keys) * scale
-    probs = _numpy(ops.softmax(logits, axis=-1))[:, :, 1:]
+    probs = _numpy(layer.attn.attention_weights(layer.norm1(x), queries=[0]))[:, :, 0, 1:]
     rows, cols = _final_grid(model)
-    return probs.reshape(probs.shape[0], heads, rows, cols)
+    return probs.reshape(probs.shape[0], probs.shape[1], rows, cols)
 
 
 # --------------------------------------------------------------------------
@@ -256,7 +239,7 @@ def figure_size_px(count, panel_px):
 
 def _draw_panels(panels, titles, title, panel_px, dpi, path, cmap="viridis"):
     """One image per panel on a grid; written as an exactly sized PNG."""
-    Figure, FigureCanvasAgg = _require_matplotlib()
+    Figure, FigureCanvasAgg = require_matplotlib()
     width, height = figure_size_px(len(panels), panel_px)
     rows, cols = panel_layout(len(panels))
     # A hair over the exact inches: Agg truncates the pixel size, and w/dpi*dpi can land just below w.
@@ -279,11 +262,9 @@ def _draw_panels(panels, titles, title, panel_px, dpi, path, cmap="viridis"):
 
 def _display_image(image):
     """A normalised image back to [0, 1] RGB for display (inverse of preprocess_input when it fits)."""
-    from keras_t2t.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-
     image = np.asarray(image, dtype="float32")
     if image.shape[-1] == 3:
-        image = image * np.asarray(IMAGENET_STD, "float32") + np.asarray(IMAGENET_MEAN, "float32")
+        image = denormalize(image) / 255.0
     else:
         image = image[..., 0]
     return np.clip(image, 0.0, 1.0)
@@ -306,7 +287,7 @@ def visualize(model, image, output_dir, stage=None, block=-1, channels=16, prefi
     expected = tuple(int(v) for v in model.input.shape[1:])
     if image.shape != expected:
         raise ValueError(f"The image has shape {image.shape}; the model takes {expected} (height, width, channels).")
-    _require_matplotlib()
+    require_matplotlib()
     os.makedirs(output_dir, exist_ok=True)
 
     features = stage_features(model, image[None], stage)[0]
@@ -351,127 +332,6 @@ def visualize(model, image, output_dir, stage=None, block=-1, channels=16, prefi
     return {"files": files, "features": features, "attention": attention, "stage": stage, "block": index}
 
 
-# --------------------------------------------------------------------------
-# inputs
-# --------------------------------------------------------------------------
-def load_image(path, height, width, channels=3):
-    """An image file resized (bicubic) to ``height x width`` and normalised by ``preprocess_input``."""
-    from PIL import Image
-
-    from keras_t2t.preprocessing import preprocess_input
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Image file {os.fspath(path)!r} does not exist.")
-    if channels != 3:
-        raise ValueError(f"Image files are read as RGB; this model takes {channels} channels.")
-    try:
-        with Image.open(path) as handle:
-            picture = handle.convert("RGB").resize((width, height), Image.BICUBIC)
-    except OSError as error:
-        raise ValueError(f"{os.fspath(path)!r} is not an image PIL can read ({error}).") from error
-    return preprocess_input(np.asarray(picture, dtype="float32"))
-
-
-def digits_sample(height, width, index=0):
-    """Validation digit ``index`` of the built-in digits (as the training command splits them), normalised."""
-    from keras_t2t.datasets import load_digits_images
-    from keras_t2t.preprocessing import preprocess_input
-
-    if height != width or height % 8:
-        raise ValueError(
-            f"The built-in digits sample needs a square input of a multiple of 8 pixels; this model takes "
-            f"{height}x{width}. Give an image file with --image."
-        )
-    _, (x_val, y_val) = load_digits_images(image_size=height)
-    if not 0 <= index < len(x_val):
-        raise ValueError(f"digit index {index} is out of range 0..{len(x_val) - 1}.")
-    return preprocess_input(x_val[index]), int(y_val[index])
-
-
-def load_model(model, weights=None, image_size=None, classes=None):
-    """A model from a saved ``.keras`` file, or a name the training command knows (random or ``weights``)."""
-    import keras
-
-    from keras_t2t.model import T2TViT
-    from keras_t2t.vit import ViT
-
-    if os.fspath(model).endswith(".keras"):
-        if weights:
-            raise ValueError("--weights goes with a model name; a .keras file already holds its weights.")
-        if not os.path.exists(model):
-            raise FileNotFoundError(f"Model file {os.fspath(model)!r} does not exist.")
-        custom = {"keras_t2t>T2TViT": T2TViT, "keras_t2t>ViT": ViT}
-        return keras.saving.load_model(model, compile=False, custom_objects=custom), "saved model"
-    from keras_t2t.training.recipe import DIGITS
-    from keras_t2t.training.trainer import model_families
-    from keras_t2t.vit import DEFAULT_IMAGE_SIZE
-
-    families = model_families()
-    if model not in families:
-        raise ValueError(f"Unknown model {model!r}; give a .keras file or one of: {', '.join(families)}.")
-    digits_sized = model == DIGITS.model or DEFAULT_IMAGE_SIZE.get(model) == DIGITS.image_size
-    size = image_size or (DIGITS.image_size if digits_sized else 224)
-    classes = classes or (10 if digits_sized else 1000)
-    builder, loader = families[model]
-    built = builder(input_shape=(size, size, 3), classes=classes)
-    if not weights:
-        return built, "random weights (no --weights): the pictures show an untrained model"
-    if not os.path.exists(weights):
-        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
-    return built, f"weights {os.fspath(weights)}: {loader(built, weights)}"
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-t2t-visualize",
-        description="Token features on the image grid and class-token attention of a T2T-ViT or ViT "
-                    "(PNG pictures plus the arrays as .npz).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument("--model", required=True,
-                        help="a saved .keras file, or a model name of the training command (t2t_vit_mini, "
-                             "t2t_vit_14, vit_mini, ...)")
-    parser.add_argument("--weights", default=None, help="weights for a model name (.weights.h5, .keras; "
-                                                        "T2T-ViT also the authors' .pth.tar)")
-    parser.add_argument("--image", default=None, help="an image file (default: a built-in validation digit)")
-    parser.add_argument("--digit-index", type=int, default=0, help="which validation digit without --image")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input side for a model name (default: 32 for the digits models, else 224)")
-    parser.add_argument("--classes", type=int, default=None,
-                        help="head size for a model name (default: 10 for the digits models, else 1000)")
-    parser.add_argument("--stage", default=None,
-                        help="whose tokens to draw: soft_split_i, t2t_layer_i, project, patch_embed or block_i "
-                             "(default: t2t_layer_1 for T2T-ViT, patch_embed for ViT)")
-    parser.add_argument("--block", type=int, default=-1, help="the block whose class-token attention to draw "
-                                                              "(default: the last)")
-    parser.add_argument("--channels", type=int, default=16, help="how many channel maps to draw")
-    parser.add_argument("--panel-px", type=int, default=96, help="pixels per map")
-    parser.add_argument("--prefix", default="", help="file name prefix")
-    parser.add_argument("--output-dir", required=True, help="where the PNGs and arrays.npz go")
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        _require_matplotlib()
-        model, source = load_model(args.model, args.weights, args.image_size, args.classes)
-        height, width, channels = (int(v) for v in model.input.shape[1:])
-        if args.image:
-            image = load_image(args.image, height, width, channels)
-            what = f"image {args.image}"
-        else:
-            image, label = digits_sample(height, width, args.digit_index)
-            what = f"built-in validation digit #{args.digit_index} (a {label})"
-        print(f"model {model.name} ({source}); {what} at {height}x{width}", flush=True)
-        visualize(model, image, args.output_dir, stage=args.stage, block=args.block, channels=args.channels,
-                  prefix=args.prefix, panel_px=args.panel_px)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m keras_t2t.visualize
+    # The command lives in keras_t2t.cli.visualize; run it as the main module (no import back up).
+    runpy.run_module("keras_t2t.cli.visualize", run_name="__main__")

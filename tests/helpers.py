@@ -27,3 +27,56 @@ def run_on_backend(backend, code, timeout=600):
 
 def n_params(variables):
     return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def save_authors_checkpoint(path, ema, plain, arch, epoch=309, img_size=224):
+    """``torch.save`` of a timm-style training checkpoint holding ``ema`` and ``plain`` state dicts,
+    as the authors' training script writes it (keys with DataParallel's ``module.`` prefix)."""
+    import argparse
+    import collections
+
+    import torch  # only the tests that write checkpoints need it
+
+    def torch_state(state):
+        return collections.OrderedDict(
+            ("module." + k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in state.items()
+        )
+
+    # A real AdamW state dict (tensors in 'state', lists/tuples in 'param_groups'), as timm saves it.
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param], lr=5e-4, weight_decay=0.05)
+    param.sum().backward()
+    optimizer.step()
+    checkpoint = {
+        "epoch": epoch,
+        "arch": arch,
+        "state_dict": torch_state(plain),
+        "optimizer": optimizer.state_dict(),
+        "version": 2,
+        "args": argparse.Namespace(model=arch, img_size=img_size, lr=5e-4, drop_path=0.1, model_ema=True, amp=False),
+        "metric": 71.7,
+        "state_dict_ema": torch_state(ema),
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+# A tiny ViT of tests/reference_vit.py's keywords, shared by the ViT and visualiser tests.
+SMALL_VIT = dict(image_size=8, patch_size=2, in_channels=3, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0,
+              qkv_bias=True, classes=5)
+
+
+def assign_vit_state_dict(model, sd):
+    """timm's ViT names and PyTorch layouts -> the Keras variables (every variable must be covered)."""
+    leaf_names = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
+    for variable in model.weights:
+        parts = variable.path.split("/")
+        if parts[0] == parts[-1]:  # cls_token/cls_token, pos_embed/pos_embed
+            key = parts[0]
+        else:
+            key = ".".join([parts[0].replace("blocks_", "blocks.")] + parts[1:-1] + [leaf_names[parts[-1]]])
+        value = np.asarray(sd[key])
+        if parts[-1] == "kernel":
+            value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+        assert tuple(variable.shape) == value.shape, (variable.path, key)
+        variable.assign(value.astype(variable.dtype))

@@ -16,17 +16,14 @@ from PIL import Image
 
 import keras
 
-from keras_t2t.evaluation import (
-    eval_transform,
-    evaluate_folder,
-    list_image_folder,
-    main,
-)
+from keras_t2t.cli.evaluate import main
+from keras_t2t.data.images import eval_transform, list_image_folder
+from keras_t2t.evaluation import evaluate_folder
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 SIZE = 32  # model input; resize target int(32 / 0.9) = 35
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO  # noqa: E402
 
 
 # --------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from PIL import Image
 
 import reference
 import reference_vit
-from test_vit import SMALL, assign_state_dict
+from helpers import SMALL_VIT as SMALL, assign_vit_state_dict as assign_state_dict
 
 from keras_t2t import T2TViT
-from keras_t2t.visualize import main, visualize
-from keras_t2t.vit import ViT
+from keras_t2t.cli.visualize import main
+from keras_t2t.visualize import visualize
+from keras_t2t import ViT
 from keras_t2t.weights import load_state_dict
 
 # A small T2T-ViT: 16x16 images, soft splits (3, 2, 1) twice -> 8x8 then a 4x4 grid; one T2T layer.

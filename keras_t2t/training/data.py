@@ -249,7 +249,7 @@ def _tfds_prepared(builder):
 
 def resolve_data(recipe, download=True, verify_images=False):
     """The recipe's dataset, checked: ``digits``, ``folder`` (``recipe.data_dir``) or a TFDS name."""
-    from keras_t2t.datasets import default_digits_dir, write_digits_folder
+    from keras_t2t.data.digits import default_digits_dir, write_digits_folder
 
     dataset = recipe.dataset
     if dataset == "digits":

@@ -8,29 +8,8 @@ in the trainer, everything tunable lives here.
 
 import dataclasses
 
-# The small configuration of the built-in digits default (32x32 inputs, two soft
-# splits of stride 2: 32 -> 16 -> 8, 64 tokens).
-MINI_MODEL = dict(
-    t2t_type="performer",
-    t2t_stages=((3, 2, 1), (3, 2, 1)),
-    token_dim=32,
-    embed_dim=128,
-    depth=4,
-    num_heads=4,
-    mlp_ratio=2.0,
-)
-MINI_NAME = "t2t_vit_mini"
+from keras_t2t.models.presets import MINI_MODEL, MINI_NAME, MODELS  # noqa: F401  (MINI_MODEL: re-exported)
 
-# The reference's weight decay per variant (spec section 12).
-_VARIANT_WEIGHT_DECAY = {
-    "t2t_vit_7": 0.03,
-    "t2t_vit_10": 0.03,
-    "t2t_vit_12": 0.03,
-    "t2t_vit_19": 0.065,
-    "t2t_vit_24": 0.065,
-    "t2t_vit_t_19": 0.065,
-    "t2t_vit_t_24": 0.065,
-}
 INTERPOLATIONS = ("random", "bilinear", "bicubic")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -150,7 +129,8 @@ class Recipe:
         """A copy with the "-1 = the reference's value" fields filled in."""
         out = dataclasses.replace(self)
         if out.weight_decay == -1.0:
-            out.weight_decay = _VARIANT_WEIGHT_DECAY.get(out.model, 0.05)
+            # The reference's weight decay per variant (spec section 12), a hint of the registry.
+            out.weight_decay = MODELS[out.model].weight_decay if out.model in MODELS else 0.05
         out.crop_scale = tuple(float(v) for v in out.crop_scale)
         out.crop_ratio = tuple(float(v) for v in out.crop_ratio)
         return out.validate()

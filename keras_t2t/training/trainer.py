@@ -24,36 +24,20 @@ from keras_t2t.training import callbacks as cb
 from keras_t2t.training import data as data_lib
 from keras_t2t.training.distribute import make_train_input, setup_distribution, shard_validation
 from keras_t2t.training.optimizers import build_optimizer, build_schedule
+from keras_t2t.builders import create_model, list_models
 from keras_t2t.io_utils import write_json_atomic
-from keras_t2t.training.recipe import MINI_MODEL, MINI_NAME, Recipe
+from keras_t2t.models.presets import get_preset
+from keras_t2t.weights import load_any_weights
+from keras_t2t.training.recipe import Recipe
 
 # Recipe fields that may change between a run and its resumption (they do not
 # change what is trained or the schedule position).
 RESUMABLE_CHANGES = ("cache", "jit_compile", "data_dir", "manual_dir")
 
 
-def model_families():
-    """name -> (builder, weight loader): every model the trainer can build, by name.
-
-    A builder takes the ``keras.applications`` keywords (input_shape, classes,
-    classifier_activation, drop_path_rate, ...); a loader takes ``(model, path)``
-    and returns a report. T2T-ViT loads any keras_t2t format (the authors'
-    ``.pth.tar`` included); ViT loads this package's own files only.
-    """
-    import functools
-
-    from keras_t2t import T2TViT, create_model, load_weights
-    from keras_t2t.variants import ALL_VARIANTS
-    from keras_t2t.vit import VIT_CONFIGS, create_vit, load_vit_weights
-
-    families = {MINI_NAME: (functools.partial(T2TViT, name=MINI_NAME, **MINI_MODEL), load_weights)}
-    families.update({name: (functools.partial(create_model, name), load_weights) for name in ALL_VARIANTS})
-    families.update({name: (functools.partial(create_vit, name), load_vit_weights) for name in VIT_CONFIGS})
-    return families
-
-
 def model_names():
-    return list(model_families())
+    """Every model the trainer can build: the whole registry (``keras_t2t.list_models()``)."""
+    return list_models()
 
 
 def build_model(recipe, num_classes, weights=None, verbose=True):
@@ -63,10 +47,7 @@ def build_model(recipe, num_classes, weights=None, verbose=True):
     another class count, the position table resized for another image size,
     as the authors' fine-tuning does).
     """
-    families = model_families()
-    if recipe.model not in families:
-        raise ValueError(f"Unknown model {recipe.model!r}; accepted: {', '.join(families)}.")
-    builder, loader = families[recipe.model]
+    get_preset(recipe.model)
     kwargs = dict(
         input_shape=(recipe.image_size, recipe.image_size, 3),
         classes=num_classes,
@@ -75,7 +56,7 @@ def build_model(recipe, num_classes, weights=None, verbose=True):
     )
     if recipe.t2t_dropout != -1.0:
         kwargs["t2t_dropout"] = recipe.t2t_dropout
-    model = builder(**kwargs)
+    model = create_model(recipe.model, **kwargs)
     if weights:
         if os.fspath(weights).endswith(".weights.h5"):
             try:
@@ -83,9 +64,9 @@ def build_model(recipe, num_classes, weights=None, verbose=True):
                 model.load_weights(weights)
                 report = "loaded as saved (same configuration)"
             except ValueError:
-                report = loader(model, weights)
+                report = load_any_weights(model, weights)
         else:
-            report = loader(model, weights)
+            report = load_any_weights(model, weights)
         if verbose:
             print(f"weights: {os.fspath(weights)}: {report}")
     return model

@@ -1,0 +1,198 @@
+"""Models by name: ``create_model``, ``list_models``, ``from_checkpoint`` and the public builders.
+
+Every name of the registry (``keras_t2t.models.presets``) gets one builder with
+the ``keras.applications`` keywords; ``keras_t2t.t2t_vit_14`` and the others are
+these builders. Weights are loaded through ``keras_t2t.weights``.
+"""
+
+import inspect
+import os
+
+from keras_t2t.layers import DEFAULT_T2T_STAGES
+from keras_t2t.models.presets import MODELS, get_preset, names
+from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
+from keras_t2t.models.vit import ViT
+from keras_t2t.weights import loading
+from keras_t2t.weights.detect import checkpoint_image_size, detect_variant, weight_overrides
+
+# The class each registry family builds.
+MODEL_CLASSES = {"t2t_vit": T2TViT, "t2t_vit_dense": T2TViTDense, "vit": ViT}
+
+
+def list_models(group=None):
+    """Every buildable model name, or those of one group ("main", "study", "vit", "mini")."""
+    return names(group) if group else names()
+
+
+def list_variants(studies=False):
+    """The T2T-ViT main family's names; with ``studies``, the backbone studies' too."""
+    return names("main", "study") if studies else names("main")
+
+
+def _check_weights_argument(weights, model_name):
+    if isinstance(weights, str) and weights.lower() in ("imagenet", "imagenet1k"):
+        releases = get_preset(model_name).releases
+        hint = (
+            f" The authors released {', '.join(r.file for r in releases)} for {model_name}."
+            if releases
+            else f" The authors released no weights for {model_name}."
+        )
+        raise ValueError(
+            "weights='imagenet' would need a download, which keras_t2t never does. Download the authors' "
+            "checkpoint from the releases of github.com/yitu-opensource/T2T-ViT and pass its path, e.g. "
+            f"weights='/path/to/file.pth.tar'.{hint}"
+        )
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be None or a path to a '.pth.tar'/'.pth', '.keras' or '.weights.h5' file; "
+            f"got {weights!r}."
+        )
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+    return weights
+
+
+def build_model(
+    model_name,
+    include_top=True,
+    weights=None,
+    input_shape=None,
+    pooling="token",
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+    checkpoint_entry=None,
+    verbose=True,
+    state_dict=None,
+    **kwargs,
+):
+    """Builds the registry row ``model_name`` with the ``keras.applications`` keywords.
+
+    ``kwargs`` override the row's architecture (``embed_dim``, ``dense_stages``,
+    ...) or go to the model class (``drop_path_rate``, ``dtype``, ...).
+    ``state_dict`` (already read from ``weights``) saves reading the file twice.
+    """
+    preset = get_preset(model_name)
+    config = dict(preset.config)
+    config.update(kwargs)
+    model_class = MODEL_CLASSES[preset.family]
+    if model_class is T2TViTDense:
+        config.pop("block_type", None)
+    elif config.get("block_type") == "dense" and model_class is T2TViT:
+        config.pop("block_type")
+        model_class = T2TViTDense
+    is_vit = model_class is ViT
+    state = state_dict
+    if weights is not None:
+        weights = _check_weights_argument(weights, model_name)
+        if not is_vit and state is None and not os.fspath(weights).endswith(".h5"):
+            state, _ = loading.read_state_dict(weights, which=checkpoint_entry)
+        if state is not None and input_shape is None:
+            size = checkpoint_image_size(state, config.get("t2t_stages", DEFAULT_T2T_STAGES))
+            if size is not None:
+                # Build at the resolution the weights were trained at (the 384 checkpoint).
+                input_shape = (size[0], size[1], 3)
+    if input_shape is None and preset.image_size != 224:
+        input_shape = (preset.image_size, preset.image_size, 3)
+    model = model_class(
+        input_shape=input_shape,
+        include_top=include_top,
+        classes=classes,
+        pooling=pooling,
+        classifier_activation=classifier_activation,
+        name=name or model_name,
+        **config,
+    )
+    if weights is not None:
+        if is_vit:
+            report = loading.load_vit_weights(model, weights)
+        elif state is None:
+            report = loading.load_weights(model, weights)
+        else:
+            report = loading.load_state_dict(model, state)
+        model.weights_report = report
+        if verbose and isinstance(report, dict) and (report.get("head_dropped") or report.get("pos_embed_resized")):
+            print(f"keras_t2t: {model_name} from {os.fspath(weights)}: {report}")
+    return model
+
+
+def create_model(model_name, **kwargs):
+    """Builds any registered model by name, e.g. ``create_model("t2t_vit_14", classes=10)``."""
+    get_preset(model_name)
+    return build_model(model_name, **kwargs)
+
+
+def _make_builder(model_name):
+    preset = MODELS[model_name]
+
+    def builder(**kwargs):
+        return build_model(model_name, **kwargs)
+
+    # help() and IDEs show build_model's keywords, less the name and the loader's internals.
+    parameters = inspect.signature(build_model).parameters
+    builder.__signature__ = inspect.Signature(
+        [p for key, p in parameters.items() if key not in ("model_name", "checkpoint_entry", "verbose", "state_dict")]
+    )
+    model_class = MODEL_CLASSES[preset.family]
+    files = "a '.keras' / '.weights.h5' file of this package" if preset.family == "vit" else (
+        "an authors' checkpoint ('.pth.tar'), a '.keras' file or a '.weights.h5' file"
+    )
+    builder.__name__ = builder.__qualname__ = model_name
+    builder.__doc__ = (
+        f"``{model_name}``: {preset.describe()}; built at {preset.image_size}x{preset.image_size} unless "
+        "input_shape says otherwise.\n\n"
+        "Args: the keras.applications keywords (include_top, weights, input_shape, pooling, classes,\n"
+        f"classifier_activation, name). ``weights`` is None or a path to {files}.\n"
+        f"Other keywords (drop_path_rate, qk_scale, dtype, ...) go to ``keras_t2t.{model_class.__name__}``."
+    )
+    return builder
+
+
+BUILDERS = {model_name: _make_builder(model_name) for model_name in MODELS}
+
+
+def from_checkpoint(path, variant=None, which=None, state_dict=None, info=None, **kwargs):
+    """A model built and loaded from any weights file, detecting the variant when not named.
+
+    ``keras_t2t.from_checkpoint("81.5_T2T_ViT_14.pth.tar", classifier_activation=None)``.
+    ``kwargs`` are the builder keywords (input_shape, classes, include_top, verbose, ...)
+    and overrides of the row (embed_dim, dense_stages, ...), which with ``variant`` load
+    a checkpoint of a size no row has. ``state_dict`` and ``info`` (what
+    ``keras_t2t.weights.read_state_dict`` gave for ``path``) save reading the file again.
+    The model's ``checkpoint_info`` holds ``info`` plus the ``variant`` built, the one
+    ``detected`` (None when no row fits) and the ``overrides`` read from the weights.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights file {os.fspath(path)!r} does not exist.")
+    if os.fspath(path).endswith(".h5"):
+        if variant is None:
+            raise ValueError("A '.weights.h5' file does not record its variant; pass variant=NAME.")
+        return create_model(variant, weights=path, **kwargs)
+    if state_dict is None:
+        state_dict, info = loading.read_state_dict(path, which=which)
+    info = dict(info or {})
+    try:
+        detected, overrides = detect_variant(state_dict, arch=info.get("arch"))
+    except ValueError:
+        if variant is None:
+            raise
+        # A checkpoint of a custom size fits no row: the named variant, its row overridden by kwargs.
+        detected, overrides = None, weight_overrides(state_dict)
+    variant = variant or detected
+    get_preset(variant)
+    for key, value in overrides.items():
+        kwargs.setdefault(key, value)
+    model = build_model(variant, weights=path, checkpoint_entry=which, state_dict=state_dict, **kwargs)
+    model.checkpoint_info = dict(info, variant=variant, detected=detected, overrides=overrides)
+    return model
+
+
+__all__ = [
+    "BUILDERS",
+    "MODEL_CLASSES",
+    "build_model",
+    "create_model",
+    "from_checkpoint",
+    "list_models",
+    "list_variants",
+]

@@ -1,0 +1,68 @@
+"""Argument types shared by the command lines (argparse ``type=`` callables).
+
+Every command takes image sizes in one grammar, ``N`` or ``HxW`` (``image_size``).
+"""
+
+import argparse
+import math
+
+__all__ = ["positive_int", "positive_float", "fraction", "image_size", "IMAGE_SIZE_HELP", "add_model_source"]
+
+
+
+def _number(text, convert, accepted, expected):
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not accepted(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    """An integer >= 1, or an argparse error naming the text."""
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def positive_float(text):
+    """A finite number > 0, or an argparse error naming the text."""
+    return _number(text, float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+
+
+def fraction(text):
+    """A number in (0, 1] (e.g. a crop fraction), or an argparse error naming the text."""
+    return _number(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+
+
+IMAGE_SIZE_HELP = "N (a square N x N) or HxW, e.g. 224 or 160x224"
+
+
+def image_size(text):
+    """The image-size grammar of every command: ``N`` or ``HxW`` -> ``(height, width)``.
+
+    Raises ``argparse.ArgumentTypeError`` naming the text otherwise (``H,W`` is
+    refused with a pointer to ``HxW``).
+    """
+    text = str(text).strip()
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        hint = f" (write {text.replace(',', 'x')})" if "," in text else ""
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive integers, got {text!r}{hint}")
+    return tuple(sizes)
+
+
+def add_model_source(parser, model_help, weights_help):
+    """``--model FILE`` or ``--variant NAME`` (any registered name) with ``--weights``: how commands take a model."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help=model_help)
+    source.add_argument(
+        "--variant", help="a keras_t2t model name (t2t_vit_7, ...; see keras_t2t.list_models()); needs --weights"
+    )
+    parser.add_argument("--weights", help=weights_help)

@@ -1,0 +1,321 @@
+"""Convert an authors' T2T-ViT checkpoint (``*.pth.tar``) to a Keras file.
+
+Command line (also installed as ``keras-t2t-convert``)::
+
+    python -m keras_t2t.cli.convert CHECKPOINT --output OUT.keras|OUT.weights.h5
+        [--variant NAME] [--weights-entry {auto,state_dict_ema,state_dict,model,bare}]
+        [--image-size N|HxW] [--classes N | --no-top] [--qk-scale FLOAT]
+        [--classifier-activation NAME|none] [--overwrite]
+
+The output's suffix picks the format: ``.keras`` (the whole model) or
+``.weights.h5`` (weights only; rebuild with the variant's builder and pass the
+file as ``weights=``). The checkpoint is read without running any code from
+it (``keras_t2t.weights.torch_pickle``). The model is built and loaded by
+``keras_t2t.from_checkpoint``: the variant is detected from the tensors' shapes
+(and the checkpoint's ``arch`` entry) unless ``--variant`` names it; the image
+size defaults to the one the checkpoint's position table was trained at, the
+classes to the checkpoint's head. ``python -m keras_t2t.convert_cli`` is the
+same command.
+
+The result is verified before it gets its final name: it is written to a
+temporary file in the output folder, reloaded in this process, its
+predictions on a few fixed random images must equal the in-memory model's
+(max abs diff <= 1e-5), and every tensor it holds must equal the
+checkpoint's (the position table resized and the head left out where asked).
+Only then is it renamed onto ``--output`` (``keras_t2t.io_utils.install_atomic``);
+on any failure no file is left.
+
+Exit codes: 0 success, 2 bad arguments or input (the message starts with
+``error:``), 1 verification failure.
+"""
+
+import argparse
+import os
+import sys
+
+import keras
+import numpy as np
+
+from keras_t2t.builders import create_model, from_checkpoint
+from keras_t2t.cli.args import IMAGE_SIZE_HELP, image_size, positive_float, positive_int
+from keras_t2t.io_utils import atomic_temp_file_like, install_atomic, remove_path
+from keras_t2t.models.presets import ALL_VARIANTS
+from keras_t2t.models.t2t_vit import T2TViT
+from keras_t2t.weights.detect import (
+    checkpoint_image_size,
+    describe_variant,
+    detect_variant,
+)
+from keras_t2t.weights.mapping import model_state_dict, resize_pos_embed
+from keras_t2t.weights.torch_pickle import CheckpointError, load_state_dict_file
+
+__all__ = ["ConversionError", "VerificationError", "convert", "main"]
+
+OUTPUT_SUFFIXES = (".keras", ".weights.h5")
+WEIGHTS_ENTRIES = ("auto", "state_dict_ema", "state_dict", "model", "bare")
+PREDICTION_ATOL = 1e-5
+VERIFY_IMAGES = 2
+VERIFY_SEED = 0
+
+
+class ConversionError(ValueError):
+    """Bad arguments or input (exit code 2)."""
+
+
+class VerificationError(RuntimeError):
+    """The written file does not reproduce the checkpoint (exit code 1)."""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump; main() turns it into exit code 2
+        raise _UsageError(message)
+
+
+def build_parser():
+    """The argument parser of ``keras-t2t-convert``."""
+    parser = _Parser(
+        prog="keras-t2t-convert",
+        description="Convert an authors' T2T-ViT checkpoint (.pth.tar) to a verified .keras or .weights.h5 file.",
+    )
+    parser.add_argument("checkpoint", help="the authors' checkpoint (*.pth.tar, *.pth)")
+    parser.add_argument(
+        "--output", "-o", required=True, help="output file; its suffix (.keras or .weights.h5) picks the format"
+    )
+    parser.add_argument(
+        "--variant", choices=list(ALL_VARIANTS), metavar="NAME",
+        help=f"the variant (default: detected from the checkpoint); one of {', '.join(ALL_VARIANTS)}",
+    )
+    parser.add_argument(
+        "--weights-entry", choices=WEIGHTS_ENTRIES, default="auto",
+        help="which weights of the checkpoint (default auto: the EMA weights when present)",
+    )
+    parser.add_argument(
+        "--image-size", type=image_size, metavar="N|HxW",
+        help=f"input size of the model, {IMAGE_SIZE_HELP} (default: the checkpoint's own resolution)",
+    )
+    parser.add_argument(
+        "--classes", type=positive_int, metavar="N",
+        help="classes of the head (default: the checkpoint's); another number drops the checkpoint's head",
+    )
+    parser.add_argument("--no-top", action="store_true", help="leave out the classification head")
+    parser.add_argument("--qk-scale", type=positive_float, metavar="FLOAT", help="attention scale override")
+    parser.add_argument(
+        "--classifier-activation", default="softmax", metavar="NAME",
+        help="activation of the head's output (default softmax; 'none' for logits)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return parser
+
+
+def _output_format(path):
+    for suffix in OUTPUT_SUFFIXES:
+        if path.endswith(suffix) and len(os.path.basename(path)) > len(suffix):
+            return suffix
+    raise ConversionError(
+        f"--output {path!r} has an unsupported suffix; use '.keras' (whole model) or '.weights.h5' (weights only)."
+    )
+
+
+def _read(path, entry):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ConversionError(f"checkpoint {path!r} is a directory")
+    if path.endswith((".keras", ".h5")):
+        raise ConversionError(
+            f"{path!r} is already a Keras file; this tool converts the authors' PyTorch checkpoints (*.pth.tar)"
+        )
+    return load_state_dict_file(path, which=entry)
+
+
+def _predict(model, images):
+    return keras.ops.convert_to_numpy(model(images, training=False))
+
+
+def _reload(tmp_path, fmt, variant, build_kwargs):
+    """The written file loaded back: ``load_model`` for .keras, a fresh builder + ``load_weights`` for .weights.h5."""
+    if fmt == ".keras":
+        model = keras.saving.load_model(tmp_path, compile=False)
+        if not isinstance(model, T2TViT):
+            raise VerificationError(f"the written file holds a {type(model).__name__}, not a T2TViT")
+        return model
+    model = create_model(variant, **build_kwargs)
+    model.load_weights(tmp_path)
+    return model
+
+
+def _expected_tensors(state, model, report):
+    """{key: array} the converted model must hold, from the checkpoint (head/table exceptions applied)."""
+    expected = {}
+    for key, value in state.items():
+        if key.startswith("head.") and report.get("head_dropped"):
+            continue
+        value = np.asarray(value)
+        if key == "pos_embed" and report.get("pos_embed_resized"):
+            old_grid, new_grid = report["pos_embed_resized"]
+            value = resize_pos_embed(value, new_grid, old_grid)
+        expected[key] = value
+    return expected
+
+
+def _check_tensors(written, expected, report):
+    problems = []
+    missing = sorted(set(expected) - set(written))
+    if missing:
+        problems.append(f"checkpoint tensors absent from the written model: {', '.join(missing[:5])}")
+    extra = sorted(k for k in set(written) - set(expected) if not (k.startswith("head.") and report.get("head_dropped")))
+    if extra:
+        problems.append(f"written tensors not from the checkpoint: {', '.join(extra[:5])}")
+    for key in sorted(set(expected) & set(written)):
+        got = np.asarray(written[key])
+        want = expected[key].astype(got.dtype)
+        if got.shape != want.shape:
+            problems.append(f"{key}: shape {got.shape}, checkpoint {want.shape}")
+        elif not np.array_equal(got, want):
+            problems.append(f"{key}: max abs diff {float(np.max(np.abs(got.astype('float64') - want))):.3g}")
+    if problems:
+        raise VerificationError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+    return len(set(expected) & set(written))
+
+
+def convert(args, out=print):
+    """Runs one conversion described by the parsed ``args``; returns the final output path."""
+    output = os.path.abspath(args.output)
+    fmt = _output_format(output)
+    folder = os.path.dirname(output)
+    if not os.path.isdir(folder):
+        raise ConversionError(f"the output folder {folder!r} does not exist")
+    if os.path.exists(output) and not args.overwrite:
+        raise ConversionError(f"{args.output!r} exists; pass --overwrite to replace it")
+    if os.path.isdir(output):  # --overwrite replaces a file, never a folder
+        raise ConversionError(f"--output {args.output!r} is a folder; name a file ending in {fmt!r}")
+    if args.no_top and args.classes is not None:
+        raise ConversionError("--classes and --no-top exclude each other")
+
+    entry = None if args.weights_entry == "auto" else args.weights_entry
+    state, info = _read(args.checkpoint, entry)
+
+    ckpt_size = checkpoint_image_size(state)
+    size = args.image_size or ckpt_size
+    if size is None:
+        if args.variant is None:
+            detect_variant(state, arch=info.get("arch"))  # weights no row fits say so before the size does
+        raise ConversionError(
+            "the checkpoint's position table does not tell its image size (no square grid); pass --image-size"
+        )
+    ckpt_classes = int(np.shape(state["head.weight"])[0]) if "head.weight" in state else None
+    include_top = not args.no_top and (args.classes is not None or ckpt_classes is not None)
+    classes = args.classes or ckpt_classes or 1000
+    activation = None if args.classifier_activation.lower() in ("none", "linear", "logits") else args.classifier_activation
+
+    build_kwargs = dict(
+        input_shape=(size[0], size[1], 3),
+        include_top=include_top,
+        classes=classes,
+        classifier_activation=activation,
+    )
+    if args.qk_scale is not None:
+        build_kwargs["qk_scale"] = args.qk_scale
+
+    model = from_checkpoint(
+        args.checkpoint, variant=args.variant, which=entry, state_dict=state, info=info, verbose=False, **build_kwargs
+    )
+    found = model.checkpoint_info
+    variant, detected, overrides = found["variant"], found["detected"], found["overrides"]
+    build_kwargs = dict(overrides, **build_kwargs)  # what rebuilds this model for a .weights.h5 file
+    report = model.weights_report
+
+    how = "given" + (f", detected {detected}" if detected and detected != variant else "") if args.variant else "detected"
+    out(f"checkpoint: {args.checkpoint}")
+    out(f"variant: {variant} ({how}); {describe_variant(variant)}"
+        + (", qkv_bias" if overrides.get("qkv_bias") else ""))
+    extras = "".join(f", {key} {info[key]!r}" for key in ("arch", "epoch") if key in info)
+    out(f"weights entry: {info['source_key']}{extras}")
+    out(f"image size: {size[0]}x{size[1]}" + (f" (checkpoint: {ckpt_size[0]}x{ckpt_size[1]})" if ckpt_size and ckpt_size != size else ""))
+    if include_top:
+        out(f"classes: {classes}" + (f" (checkpoint: {ckpt_classes}; its head is not used)" if report.get("head_dropped") else ""))
+    else:
+        out("classes: no head" + (f" (the checkpoint's {ckpt_classes}-class head is left out)" if ckpt_classes else ""))
+    if args.qk_scale is not None:
+        out(f"qk_scale: {args.qk_scale:g}")
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    out(f"parameters: {model.count_params():,} ({trainable:,} trainable)")
+    out(f"weights: {report}")
+
+    # Keras picks the format from the suffix, so the temporary file keeps it.
+    tmp_path = atomic_temp_file_like(output, fmt)
+    try:
+        if fmt == ".keras":
+            model.save(tmp_path, overwrite=True)
+        else:
+            model.save_weights(tmp_path, overwrite=True)
+        _verify(tmp_path, fmt, model, variant, build_kwargs, state, report, out=out, name=os.path.basename(output))
+        if os.path.exists(output) and not args.overwrite:
+            raise ConversionError(f"{args.output!r} appeared meanwhile; pass --overwrite to replace it")
+        install_atomic(tmp_path, output)  # an ordinary file's permissions, then one rename
+    finally:
+        remove_path(tmp_path)  # gone already when installed
+    out(f"wrote {output}")
+    return output
+
+
+def _verify(tmp_path, fmt, model, variant, build_kwargs, state, report, out, name):
+    """The written file reloaded must predict as ``model`` does and hold the checkpoint's tensors."""
+    size = model.image_shape[:2]
+    images = np.random.default_rng(VERIFY_SEED).standard_normal((VERIFY_IMAGES, size[0], size[1], 3))
+    images = images.astype("float32")
+    expected_out = _predict(model, images)
+    try:
+        reloaded = _reload(tmp_path, fmt, variant, build_kwargs)
+        got_out = _predict(reloaded, images)
+    except VerificationError:
+        raise
+    except Exception as error:  # the file was written by us: failing to read it back is a bad file
+        raise VerificationError(f"reloading the written file failed: {type(error).__name__}: {error}") from error
+    if got_out.shape != expected_out.shape:
+        raise VerificationError(f"reloaded output shape {got_out.shape}, in-memory {expected_out.shape}")
+    diff = float(np.max(np.abs(got_out.astype("float64") - expected_out))) if got_out.size else 0.0
+    out(f"verify: reloaded {name}; predictions on {VERIFY_IMAGES} random images: max abs diff {diff:.3g}")
+    if not diff <= PREDICTION_ATOL:
+        raise VerificationError(
+            f"the reloaded file's predictions differ from the in-memory model's by {diff:.3g} "
+            f"(> {PREDICTION_ATOL:g})"
+        )
+    checked = _check_tensors(model_state_dict(reloaded), _expected_tensors(state, model, report), report)
+    out(f"verify: {checked} tensors equal the checkpoint's")
+
+
+def main(argv=None):
+    """Entry point of ``keras-t2t-convert``; returns the exit code."""
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # --help / --version
+            return exit_.code if isinstance(exit_.code, int) else 0
+        convert(args)
+    except _UsageError as error:
+        print(f"error: {error} (see --help)", file=sys.stderr)
+        return 2
+    except VerificationError as error:
+        print(f"error: verification failed: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except (CheckpointError, ConversionError, ValueError, FileNotFoundError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

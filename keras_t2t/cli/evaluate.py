@@ -1,0 +1,132 @@
+"""``keras-t2t-evaluate`` (also ``python -m keras_t2t.evaluation``): top-1/top-5 on an image folder."""
+
+import argparse
+import json
+import os
+import sys
+
+import keras
+
+from keras_t2t.builders import create_model
+from keras_t2t.cli.args import IMAGE_SIZE_HELP, add_model_source, fraction, image_size, positive_int
+from keras_t2t.data.images import DEFAULT_CROP_PCT, list_image_folder
+from keras_t2t.evaluation import evaluate_folder, model_input_hw
+from keras_t2t.io_utils import write_json_atomic
+
+
+def _build_parser():
+    p = argparse.ArgumentParser(
+        prog="keras-t2t-evaluate",
+        description=(
+            "Top-1/top-5 accuracy of a Keras image classifier on an ImageNet-style "
+            "folder DATA_DIR/<class>/<images>, with the T2T-ViT evaluation "
+            "preprocessing (bicubic resize to image_size/crop_pct, center crop, "
+            "ImageNet mean/std)."
+        ),
+    )
+    add_model_source(p, "a saved Keras model (.keras) mapping images to class scores",
+                     "weights for --variant (checkpoint or .weights.h5)")
+    p.add_argument("--data-dir", required=True, help="folder DATA_DIR/<class>/<images>")
+    p.add_argument(
+        "--image-size",
+        type=image_size,
+        default=None,
+        help=f"input size, {IMAGE_SIZE_HELP} (default: the model's input size, else 224)",
+    )
+    p.add_argument("--crop-pct", type=fraction, default=DEFAULT_CROP_PCT, help="default 0.9")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only N images (evenly spaced subset)")
+    p.add_argument(
+        "--class-index",
+        choices=["sorted", "imagenet"],
+        default="sorted",
+        help="'sorted' (default): the i-th sorted class folder is output i; "
+        "'imagenet': class folders are ImageNet-1k WordNet ids (for a subset of ImageNet)",
+    )
+    p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
+    p.add_argument("--output", help="write the JSON summary to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+
+    if args.variant is not None and not args.weights:
+        parser.error("--variant needs --weights PATH")
+    if args.model is not None and args.weights:
+        parser.error("--weights goes with --variant, not --model")
+    if args.model is not None and not os.path.isfile(args.model):
+        parser.error(f"--model: no such file {args.model!r}")
+    if args.weights and not os.path.exists(args.weights):
+        parser.error(f"--weights: no such file {args.weights!r}")
+    if args.output:
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(out_dir):
+            parser.error(f"--output: folder {out_dir!r} does not exist")
+        if os.path.isdir(args.output):
+            parser.error(f"--output: {args.output!r} is a folder")
+    try:
+        list_image_folder(args.data_dir)  # fail fast, before loading the model
+    except ValueError as e:
+        parser.error(f"--data-dir: {e}")
+
+    try:
+        if args.model is not None:
+            model = keras.saving.load_model(args.model, compile=False)
+            model_desc = os.path.abspath(args.model)
+        else:
+            model = create_model(
+                args.variant, weights=args.weights, classifier_activation=None
+            )
+            model_desc = f"{args.variant} ({os.path.abspath(args.weights)})"
+    except Exception as e:  # noqa: BLE001 - report any loading failure plainly
+        parser.error(f"cannot load the model: {type(e).__name__}: {e}")
+
+    image_size = args.image_size
+    if image_size is None:
+        image_size = model_input_hw(model) or 224
+    try:
+        result = evaluate_folder(
+            model,
+            args.data_dir,
+            image_size=image_size,
+            crop_pct=args.crop_pct,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            limit=args.limit,
+            class_index=None if args.class_index == "sorted" else "imagenet",
+            num_workers=args.workers,
+        )
+    except ValueError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+
+    summary = dict(result)
+    summary.update(
+        model=model_desc,
+        data_dir=os.path.abspath(args.data_dir),
+        batch_size=args.batch_size,
+        limit=args.limit,
+        class_index=args.class_index,
+        backend=keras.backend.backend(),
+        keras_version=keras.__version__,
+    )
+    print(
+        f"top1 {100 * result['top1']:.3f}%  top5 {100 * result['top5']:.3f}%  "
+        f"on {result['num_images']} images, {result['num_classes']} classes  "
+        f"({result['images_per_second']:.1f} images/s)"
+    )
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    if args.output:
+        write_json_atomic(args.output, summary)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

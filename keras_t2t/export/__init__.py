@@ -1,0 +1,80 @@
+"""Deployable artifacts of a T2T-ViT classifier, each verified against the Keras model.
+
+``export_model`` turns a Keras classifier (in memory, a ``.keras`` file, or a
+model name plus weights) into any of:
+
+==========================  ===================================  ===========================
+format                      file in ``output_dir``               passes when (vs. Keras)
+==========================  ===================================  ===========================
+``saved_model``             ``saved_model/``                     max |logit diff| <= 1e-4
+``tflite_float32``          ``model_float32.tflite``             max |logit diff| <= 1e-4
+``tflite_float16``          ``model_float16.tflite``             top-1 agreement 100%
+``tflite_dynamic_int8``     ``model_dynamic_int8.tflite``        top-1 agreement >= 95%
+``tflite_int8``             ``model_int8.tflite``                top-1 agreement >= 95%
+``onnx``                    ``model.onnx``                       max |logit diff| <= 1e-4
+==========================  ===================================  ===========================
+
+Every artifact outputs ``logits`` and ``probabilities`` (the model's own
+classifier activation, softmax when it has none). The SavedModel has two
+signatures: ``serving_default`` takes float images normalised as by
+``keras_t2t.preprocess_input``; ``serving_uint8`` takes uint8 RGB pixels and
+normalises inside. The TFLite models take one image (batch 1, float32; the
+full-integer model takes int8 with the input's scale and zero point); the
+SavedModel and ONNX take any batch.
+
+After writing, each artifact runs in its own runtime (LiteRT's interpreter
+from ``ai-edge-litert``, ``tf.saved_model.load``, onnxruntime) on sample
+images and is compared with the Keras model: maximum absolute logit
+difference, top-1 agreement, latency at batch 1. The table is printed and
+saved as ``report.json`` beside the artifacts, with ``labels.txt`` (one class
+name per line, class i on line i+1).
+
+Files are written under a hidden temporary name in ``output_dir`` and renamed
+onto their final name only once written and verified
+(``keras_t2t.io_utils``), so an interrupted or failed export never leaves a
+half-written artifact under a final name. Bad input (an unreadable model, an
+unknown format, a folder with no images) raises ``ExportError`` before
+anything is written.
+
+Export runs on TensorFlow. Called in a JAX or PyTorch process, ``export_model``
+saves the model (when given in memory) and hands the options as JSON to a
+TensorFlow child process (``keras_t2t.export.child``), which returns the
+report as JSON; ``.keras`` files load on any backend.
+
+The rooms: ``formats`` (one record per format: file, writer, runner,
+tolerance), ``saved_model`` / ``tflite`` / ``onnx`` (the writers and
+runtimes), ``serving`` (the interface every artifact shares), ``loading``
+(the model to export), ``samples`` (verification and calibration images),
+``verify`` and ``report`` (comparison, ``report.json``, the table),
+``pipeline`` (``export_model``), ``child`` and ``cli``.
+
+Command line: ``python tflite/convert.py`` (or ``python -m keras_t2t.export``),
+see ``--help``.
+"""
+
+from keras_t2t.export.cli import build_parser, main
+from keras_t2t.export.errors import ExportError
+from keras_t2t.export.formats import ARTIFACT_FILES, FORMATS, ExportFormat
+from keras_t2t.export.loading import classifier_for_export, load_model_for_export
+from keras_t2t.export.pipeline import export_model
+from keras_t2t.export.report import ExportReport, format_table
+from keras_t2t.export.saved_model import write_saved_model
+from keras_t2t.export.tflite import convert_tflite, tflite_operators, tflite_runner
+
+__all__ = [
+    "ARTIFACT_FILES",
+    "FORMATS",
+    "ExportError",
+    "ExportFormat",
+    "ExportReport",
+    "build_parser",
+    "classifier_for_export",
+    "convert_tflite",
+    "export_model",
+    "format_table",
+    "load_model_for_export",
+    "main",
+    "tflite_operators",
+    "tflite_runner",
+    "write_saved_model",
+]

@@ -1,0 +1,110 @@
+"""The export command line: ``python tflite/convert.py``, ``python -m keras_t2t.export``, ``keras-t2t-export``."""
+
+import argparse
+import sys
+
+from keras_t2t.cli.args import IMAGE_SIZE_HELP, add_model_source, fraction, image_size, positive_int
+from keras_t2t.data.images import DEFAULT_CROP_PCT
+from keras_t2t.export.errors import ExportError
+from keras_t2t.export.formats import FORMATS
+from keras_t2t.export.pipeline import (
+    DEFAULT_INT8_AGREEMENT,
+    DEFAULT_LATENCY_RUNS,
+    DEFAULT_NUM_CALIBRATION,
+    DEFAULT_NUM_SAMPLES,
+    export_model,
+)
+
+
+def agreement(text):
+    """A top-1 agreement: a fraction like 0.95 or a percentage like 95% (or 95), or an argparse error."""
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction like 0.95 or a percentage like 95%, got {text!r}"
+        ) from None
+    if text.endswith("%") or value > 1.0:
+        value /= 100.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1] (or 0%..100%), got {text!r}")
+    return value
+
+
+def build_parser(prog="python tflite/convert.py"):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Export a T2T-ViT classifier to SavedModel, TFLite (float32, float16, dynamic-range int8, "
+            "full-integer int8) and ONNX, then run every artifact in its own runtime and compare it with the "
+            "Keras model. Writes the artifacts, labels.txt and report.json into --output-dir. Exit code 0: all "
+            "verified; 1: an artifact outside its tolerance (it is not kept); 2: bad input (nothing written)."
+        ),
+    )
+    add_model_source(parser, "a '.keras' model file (saved on any backend)",
+                     "with --variant: a '.weights.h5' file or an authors' '.pth.tar' checkpoint")
+    parser.add_argument(
+        "--image-size", type=image_size, help=f"with --variant: {IMAGE_SIZE_HELP} (default: the weights')"
+    )
+    parser.add_argument(
+        "--classes", type=positive_int, help="with --variant: class count (default: the weights' head)"
+    )
+    parser.add_argument("--output-dir", required=True, help="where the artifacts, labels.txt and report.json go")
+    parser.add_argument(
+        "--formats",
+        default="all",
+        help=f"comma-separated, from: {', '.join(FORMATS)}; or 'all' (default)",
+    )
+    parser.add_argument("--representative-dir", help="image folder (searched recursively) to calibrate tflite_int8")
+    parser.add_argument("--representative-tfds", help="or a TFDS dataset NAME[:SPLIT] to calibrate tflite_int8")
+    parser.add_argument("--tfds-data-dir", help="TFDS data_dir for --representative-tfds")
+    parser.add_argument("--tfds-download", action="store_true", help="let TFDS download the dataset if missing")
+    parser.add_argument(
+        "--num-calibration", type=positive_int, default=DEFAULT_NUM_CALIBRATION,
+        help=f"calibration images, evenly spaced over the set (default {DEFAULT_NUM_CALIBRATION})",
+    )
+    parser.add_argument(
+        "--sample-dir",
+        help="image folder to verify on (default: crops of the photographs bundled with scikit-learn)",
+    )
+    parser.add_argument(
+        "--num-samples", type=positive_int, default=DEFAULT_NUM_SAMPLES,
+        help=f"images to verify on (default {DEFAULT_NUM_SAMPLES})",
+    )
+    parser.add_argument(
+        "--crop-pct", type=fraction, default=DEFAULT_CROP_PCT, help=f"eval resize/crop (default {DEFAULT_CROP_PCT})"
+    )
+    parser.add_argument(
+        "--int8-agreement", type=agreement, default=DEFAULT_INT8_AGREEMENT,
+        help="top-1 agreement the int8 models must reach, e.g. 0.95 or 95%% (default 95%%)",
+    )
+    parser.add_argument("--labels", help="class names, one per line (default: ImageNet's for 1000 classes)")
+    parser.add_argument(
+        "--no-uint8-signature", dest="uint8_signature", action="store_false",
+        help="leave out the SavedModel signature that takes uint8 pixels",
+    )
+    parser.add_argument(
+        "--latency-runs", type=positive_int, default=DEFAULT_LATENCY_RUNS,
+        help=f"timed runs per artifact at batch 1, median reported (default {DEFAULT_LATENCY_RUNS})",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in --output-dir")
+    parser.add_argument("--quiet", action="store_true", help="print only errors")
+    return parser
+
+
+def main(argv=None, prog="python tflite/convert.py"):
+    """Command-line entry point; returns the exit status (0 verified, 1 verification failed, 2 bad input)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.variant is not None and not args.weights:
+        parser.error("--variant needs --weights PATH")
+    if args.model is not None and (args.weights or args.image_size or args.classes):
+        parser.error("--weights, --image-size and --classes go with --variant, not --model")
+    options = vars(args)
+    quiet = options.pop("quiet")
+    try:
+        report = export_model(options.pop("model"), options.pop("output_dir"), **options, verbose=not quiet)
+    except ExportError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0 if report.passed else 1

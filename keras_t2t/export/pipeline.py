@@ -1,0 +1,436 @@
+"""The export: check everything, write each artifact under a temporary name, verify it, install it.
+
+``export_model`` is the library entry point. On TensorFlow it runs here; in a
+JAX or PyTorch process it saves the model (when given in memory) and hands the
+options, as JSON, to a TensorFlow child (``keras_t2t.export.child``), which
+hands the report back as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from keras_t2t.data.imagenet import imagenet_class_names
+from keras_t2t.data.images import DEFAULT_CROP_PCT, preprocess_input
+from keras_t2t.export.errors import ExportError
+from keras_t2t.export.formats import (
+    FORMATS,
+    ExportSources,
+    format_spec,
+    parse_formats,
+    tolerance_descriptions,
+)
+from keras_t2t.export.loading import (
+    check_model_argument,
+    classifier_for_export,
+    describe_source,
+    load_model_for_export,
+)
+from keras_t2t.export.report import (
+    LABELS_FILE,
+    REPORT_FILE,
+    ExportReport,
+    machine_info,
+    versions_info,
+)
+from keras_t2t.export.samples import (
+    calibration_images,
+    image_files,
+    to_uint8,
+    verification_images,
+)
+from keras_t2t.export.verify import Checks, failed_row, latency_ms, verify_artifact
+from keras_t2t.io_utils import (
+    atomic_temp_path,
+    install_atomic,
+    remove_path,
+    write_text_atomic,
+)
+
+DEFAULT_INT8_AGREEMENT = 0.95
+DEFAULT_NUM_SAMPLES = 16
+DEFAULT_NUM_CALIBRATION = 100
+DEFAULT_LATENCY_RUNS = 10
+# The TFLite converters read the SavedModel: it is written first when either is asked for.
+SAVED_MODEL = "saved_model"
+_REFERENCE_BATCH = 8
+
+
+def export_model(
+    model=None,
+    output_dir=None,
+    *,
+    variant=None,
+    weights=None,
+    image_size=None,
+    classes=None,
+    formats="all",
+    representative_dir=None,
+    representative_tfds=None,
+    tfds_data_dir=None,
+    tfds_download=False,
+    num_calibration=DEFAULT_NUM_CALIBRATION,
+    sample_dir=None,
+    num_samples=DEFAULT_NUM_SAMPLES,
+    crop_pct=DEFAULT_CROP_PCT,
+    int8_agreement=DEFAULT_INT8_AGREEMENT,
+    labels=None,
+    uint8_signature=True,
+    latency_runs=DEFAULT_LATENCY_RUNS,
+    overwrite=False,
+    verbose=True,
+):
+    """Writes the chosen deployment formats of a classifier into ``output_dir`` and verifies each.
+
+    Args:
+        model: a ``keras.Model`` or a path to a ``.keras`` file (saved on any backend).
+        output_dir: the folder for the artifacts, ``labels.txt`` and ``report.json``.
+        variant, weights: instead of ``model``: a model name (``"t2t_vit_7"``...,
+            see ``keras_t2t.list_models()``) and a ``.weights.h5`` file or an
+            authors' checkpoint; ``image_size`` (``N`` or ``(height, width)``)
+            and ``classes`` override what the weights imply.
+        formats: ``"all"`` or a list (or comma-separated string) from ``FORMATS``.
+        representative_dir / representative_tfds: the calibration images of
+            ``tflite_int8``: a folder (searched recursively) or a TFDS dataset
+            ``"NAME[:SPLIT]"`` (read from ``tfds_data_dir``; downloaded only with
+            ``tfds_download``). ``num_calibration`` images, evenly spaced.
+        sample_dir, num_samples: the images every artifact is compared on
+            (default: crops of the photographs bundled with scikit-learn).
+        crop_pct: the evaluation resize/crop of those images (spec section 11).
+        int8_agreement: the top-1 agreement the int8 models must reach (0..1).
+        labels: class names (a list or a file, one per line); default the
+            ImageNet names for 1000 classes, ``class_<i>`` otherwise.
+        uint8_signature: add the SavedModel signature ``serving_uint8``.
+        latency_runs: timed runs per artifact (median reported).
+        overwrite: replace artifacts already in ``output_dir``.
+
+    Returns:
+        ``ExportReport`` (also written as ``output_dir/report.json``);
+        ``report.passed`` tells whether every artifact is within tolerance.
+        An artifact outside tolerance (or whose conversion failed) is not
+        kept. Raises ``ExportError`` for bad input, before writing anything.
+    """
+    options = dict(locals())  # the keyword options, as a TensorFlow child process receives them
+    del options["model"], options["output_dir"], options["verbose"]
+    if output_dir is None:
+        raise ExportError("output_dir is required.")
+    # === every check before anything is written (and before another process is started) ===
+    check_model_argument(model, variant, weights)
+    plan = _plan(os.fspath(output_dir), **options)
+    source = load_model_for_export(model, variant=variant, weights=weights, image_size=image_size, classes=classes)
+    classifier = classifier_for_export(source)
+    resolve_labels(labels, int(classifier.outputs[0].shape[-1]))
+    if keras.backend.backend() != "tensorflow":
+        return export_in_tensorflow_process(model, output_dir, options, verbose)
+    return _export(source, classifier, plan, model_source=describe_source(model, variant, weights), verbose=verbose)
+
+
+# --------------------------------------------------------------------------
+# Planning: the checks that need no model
+# --------------------------------------------------------------------------
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ExportError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_calibration, sample_dir, num_samples,
+          crop_pct, int8_agreement, latency_runs, overwrite, **options):
+    """The checked options, the image files found, and the output folder's state; raises ExportError."""
+    formats = parse_formats(formats)
+    num_calibration = _positive_int("num_calibration", num_calibration)
+    num_samples = _positive_int("num_samples", num_samples)
+    latency_runs = _positive_int("latency_runs", latency_runs)
+    if not 0.0 <= float(int8_agreement) <= 1.0:
+        raise ExportError(f"int8_agreement is a fraction in [0, 1]; got {int8_agreement!r}.")
+    if not 0.0 < float(crop_pct) <= 1.0:
+        raise ExportError(f"crop_pct must be in (0, 1]; got {crop_pct!r}.")
+    calibrated = [f for f in formats if format_spec(f).needs_calibration]
+    if calibrated and not (representative_dir or representative_tfds):
+        names = " and ".join(calibrated)
+        raise ExportError(
+            f"{names} {'is' if len(calibrated) == 1 else 'are'} calibrated on a representative set: give "
+            "representative_dir (--representative-dir DIR) or representative_tfds (--representative-tfds "
+            f"NAME[:SPLIT]), or leave {names} out of the formats."
+        )
+    if representative_dir and representative_tfds:
+        raise ExportError("Give one representative set: a folder or a TFDS dataset, not both.")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ExportError(f"output_dir {output_dir!r} exists and is not a folder.")
+    targets = [format_spec(f).file for f in formats] + [LABELS_FILE, REPORT_FILE]
+    existing = [t for t in targets if os.path.lexists(os.path.join(output_dir, t))]
+    if existing and not overwrite:
+        raise ExportError(
+            f"{output_dir!r} already holds {', '.join(existing)}; pass overwrite=True (--overwrite) to replace them."
+        )
+    return dict(
+        options,
+        output_dir=output_dir,
+        formats=formats,
+        representative_dir=representative_dir,
+        representative_tfds=representative_tfds,
+        representative_files=(
+            image_files(representative_dir, "representative") if calibrated and representative_dir else None
+        ),
+        num_calibration=num_calibration,
+        sample_dir=sample_dir,
+        sample_files=image_files(sample_dir, "sample") if sample_dir else None,
+        num_samples=num_samples,
+        crop_pct=float(crop_pct),
+        int8_agreement=float(int8_agreement),
+        latency_runs=latency_runs,
+        overwrite=overwrite,
+    )
+
+
+def resolve_labels(labels, classes):
+    """``(class names, where they came from)`` for a model with ``classes`` classes; ExportError if they do not fit."""
+    if labels is None:
+        if classes == 1000:
+            return list(imagenet_class_names()), "imagenet"
+        return [f"class_{i}" for i in range(classes)], "generic (no labels given)"
+    source = "list"
+    if isinstance(labels, (str, os.PathLike)):
+        source = os.fspath(labels)
+        try:
+            with open(labels, encoding="utf-8") as handle:
+                labels = [line.rstrip("\n") for line in handle if line.strip()]
+        except OSError as error:
+            raise ExportError(f"Cannot read the labels file {os.fspath(labels)!r}: {error}") from error
+    labels = [str(label) for label in labels]
+    if len(labels) != classes:
+        raise ExportError(f"{len(labels)} labels were given for a model with {classes} classes.")
+    if any("\n" in label for label in labels):
+        raise ExportError("A label contains a line break; labels.txt holds one label per line.")
+    return labels, source
+
+
+# --------------------------------------------------------------------------
+# Write, verify, install (TensorFlow backend)
+# --------------------------------------------------------------------------
+def _checks(classifier, samples, plan):
+    """What every artifact is compared with: the Keras model's logits, and its latency at batch 1."""
+
+    def keras_run(images):
+        return np.asarray(classifier.predict_on_batch(images)["logits"], np.float32)
+
+    def logits(images):
+        batches = [keras_run(images[i : i + _REFERENCE_BATCH]) for i in range(0, len(images), _REFERENCE_BATCH)]
+        return np.concatenate(batches).astype(np.float64)
+
+    samples_uint8 = to_uint8(samples)
+    reference_uint8 = None
+    if plan["uint8_signature"] and any(format_spec(f).uint8_runner for f in plan["formats"]):
+        reference_uint8 = logits(preprocess_input(samples_uint8))
+    checks = Checks(
+        samples=samples,
+        reference=logits(samples),
+        samples_uint8=samples_uint8,
+        reference_uint8=reference_uint8,
+        int8_agreement=plan["int8_agreement"],
+        latency_runs=plan["latency_runs"],
+    )
+    return checks, {"latency_ms": latency_ms(keras_run, samples[:1], plan["latency_runs"])}
+
+
+def _new_temp(output_dir, spec, temps):
+    """A temporary path for ``spec``'s artifact (free for the writer to create, for a folder)."""
+    temp = atomic_temp_path(output_dir, spec.file, is_directory=spec.is_directory)
+    temps.append(temp)
+    if spec.is_directory:
+        os.rmdir(temp)  # writers (the SavedModel's) make the folder themselves
+    return temp
+
+
+def _write_verify_install(sources, checks, formats, output_dir, temps, say):
+    """The report rows; each artifact that passes is renamed onto its final name."""
+    saved_model_temp, saved_model_seconds = sources.saved_model_dir, None
+    if saved_model_temp is not None:
+        start = time.perf_counter()
+        format_spec(SAVED_MODEL).write(saved_model_temp, sources)
+        saved_model_seconds = time.perf_counter() - start
+    rows = []
+    # The SavedModel goes last: the TFLite converters read it from its temporary folder.
+    for fmt in sorted(formats, key=lambda f: f == SAVED_MODEL):
+        spec = format_spec(fmt)
+        say(f"  {fmt}: writing...", flush=True)
+        start = time.perf_counter()
+        temp = saved_model_temp if fmt == SAVED_MODEL else _new_temp(output_dir, spec, temps)
+        try:
+            if fmt != SAVED_MODEL:
+                spec.write(temp, sources)
+        except Exception as error:  # noqa: BLE001 - recorded in the report; the other formats go on
+            fmt_rows = [failed_row(spec, f"conversion failed: {type(error).__name__}: {error}", checks.int8_agreement)]
+        else:
+            seconds = saved_model_seconds if fmt == SAVED_MODEL else time.perf_counter() - start
+            fmt_rows = verify_artifact(spec, temp, checks)
+            for row in fmt_rows:
+                row["convert_seconds"] = seconds
+        rows.extend(fmt_rows)
+        final = os.path.join(output_dir, spec.file)
+        passed = all(row["passed"] for row in fmt_rows)
+        if passed:
+            install_atomic(temp, final)
+            temps.remove(temp)
+        else:
+            remove_path(final)  # an earlier export's file would contradict this report
+        say(f"  {fmt}: {'ok' if passed else 'FAILED'} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return rows
+
+
+def _export(source, classifier, plan, model_source, verbose):
+    say = print if verbose else (lambda *a, **k: None)
+    output_dir, formats, crop_pct = plan["output_dir"], plan["formats"], plan["crop_pct"]
+    height, width, _ = (int(v) for v in classifier.inputs[0].shape[1:])
+    num_classes = int(classifier.outputs[0].shape[-1])
+    label_list, label_source = resolve_labels(plan["labels"], num_classes)
+
+    samples, sample_source = verification_images(
+        plan["sample_files"], plan["sample_dir"], plan["num_samples"], (height, width), crop_pct
+    )
+    representative, representative_source = None, None
+    if any(format_spec(f).needs_calibration for f in formats):
+        representative, representative_source = calibration_images(
+            plan["representative_files"], plan["representative_dir"], plan["representative_tfds"],
+            plan["num_calibration"], (height, width), crop_pct, plan["tfds_data_dir"], plan["tfds_download"],
+        )
+    checks, reference_info = _checks(classifier, samples, plan)
+
+    created_dir = not os.path.isdir(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    temps = []
+    try:
+        say(f"keras_t2t.export: {classifier.name} ({height}x{width}, {num_classes} classes) -> {output_dir}")
+        saved_model_dir = None
+        if any(f == SAVED_MODEL or format_spec(f).reads_saved_model for f in formats):
+            saved_model_dir = _new_temp(output_dir, format_spec(SAVED_MODEL), temps)
+        sources = ExportSources(classifier, saved_model_dir, representative, plan["uint8_signature"])
+        rows = _write_verify_install(sources, checks, formats, output_dir, temps, say)
+        rows.sort(key=lambda row: FORMATS.index(format_spec(row["artifact"]).name))
+        report = ExportReport(
+            created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            passed=all(row["passed"] for row in rows),
+            model={
+                "name": classifier.name,
+                "source": model_source,
+                "input_shape": [height, width, 3],
+                "classes": num_classes,
+                "parameters": int(sum(int(np.prod(v.shape)) for v in source.weights)),
+            },
+            samples={"source": sample_source, "count": len(samples), "crop_pct": float(crop_pct)},
+            representative=None
+            if representative is None
+            else {"source": representative_source, "count": len(representative)},
+            labels={"file": LABELS_FILE, "source": label_source},
+            tolerances=tolerance_descriptions(plan["int8_agreement"]),
+            reference=reference_info,
+            artifacts=rows,
+            machine=machine_info(),
+            versions=versions_info(),
+        )
+        write_text_atomic(os.path.join(output_dir, LABELS_FILE), "\n".join(label_list) + "\n")
+        write_text_atomic(os.path.join(output_dir, REPORT_FILE), json.dumps(report, indent=2) + "\n")
+    except BaseException:
+        for temp in temps:
+            remove_path(temp)
+        temps = []
+        if created_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(output_dir)  # only when empty
+        raise
+    finally:
+        for temp in temps:
+            remove_path(temp)
+    say(report.table())
+    verdict = "all artifacts verified" if report.passed else "VERIFICATION FAILED"
+    say(f"{verdict}; report: {os.path.join(output_dir, REPORT_FILE)}")
+    return report
+
+
+# --------------------------------------------------------------------------
+# Another backend: the export runs in a TensorFlow process
+# --------------------------------------------------------------------------
+def _as_json(value):
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item) for item in value]
+    return value
+
+
+def export_in_tensorflow_process(model, output_dir, options, verbose):
+    """Runs ``export_model(model, output_dir, **options)`` in a TensorFlow child process; its report.
+
+    ``model`` is a ``keras.Model`` (saved to a temporary ``.keras`` file first:
+    the file holds no backend code) or a path. The child
+    (``python -m keras_t2t.export.child REQUEST``) reads the model path and the
+    options from the JSON file ``REQUEST`` and writes the report, or the
+    ``ExportError`` message, to the JSON file the request names.
+    """
+    with tempfile.TemporaryDirectory(prefix="keras_t2t_export_") as scratch:
+        if isinstance(model, keras.Model):
+            path = os.path.join(scratch, f"{model.name}.keras")
+            model.save(path)
+            model = path
+        options = dict(options)
+        if options.get("labels") is not None and not isinstance(options["labels"], (str, os.PathLike)):
+            options["labels"] = [str(label) for label in options["labels"]]
+        request = {
+            "model": _as_json(model),
+            "output_dir": os.fspath(output_dir),
+            "options": {key: _as_json(value) for key, value in options.items()},
+            "verbose": bool(verbose),
+            "result": os.path.join(scratch, "result.json"),
+        }
+        request_path = os.path.join(scratch, "request.json")
+        with open(request_path, "w", encoding="utf-8") as handle:
+            json.dump(request, handle)
+        returncode, errors = _run_tensorflow_child(request_path, scratch, verbose)
+        result = {}
+        if os.path.isfile(request["result"]):
+            with open(request["result"], encoding="utf-8") as handle:
+                result = json.load(handle)
+    if returncode == 0 and "error" in result:
+        raise ExportError(result["error"])
+    if returncode == 0 and "report" in result:
+        return ExportReport(result["report"])
+    raise RuntimeError(f"The TensorFlow export process failed (exit code {returncode}):\n{errors[-4000:]}")
+
+
+def _run_tensorflow_child(request_path, scratch, verbose):
+    """``(exit code, stderr)`` of the child; its printed progress passes through when ``verbose``."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with open(os.path.join(scratch, "stderr.txt"), "w+", encoding="utf-8", errors="replace") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keras_t2t.export.child", request_path],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            for line in process.stdout:
+                if verbose:
+                    print(line, end="", flush=True)
+            returncode = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        stderr.seek(0)
+        return returncode, stderr.read()

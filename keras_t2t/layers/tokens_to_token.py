@@ -1,0 +1,372 @@
+"""The paper's tokens-to-token module: soft split, T2T layer, re-structurization.
+
+``SoftSplit`` cuts an image into overlapping windows, one token each (the
+unfold); a T2T layer (``TokenPerformer`` or ``TokenTransformer``) transforms
+the tokens; ``restructurization`` puts them back onto their grid as an image
+for the next soft split. ``TokensToToken`` runs the whole chain and projects
+to the backbone width.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_t2t.layers.attention import AttentionTracing, chunked_attention
+from keras_t2t.layers.common import PACKAGE, dense, layer_norm
+from keras_t2t.layers.transformer import Mlp
+
+# The reference's performer adds this to the normaliser D (spec section 3).
+PERFORMER_EPSILON = 1e-8
+# TokenTransformer: above this many tokens (3136 in T2T-ViT_t's first layer; 784 in
+# its second is below) the attention runs over chunks of this many queries.
+DEFAULT_ATTENTION_CHUNK_THRESHOLD = 1024
+DEFAULT_ATTENTION_CHUNK_SIZE = 392
+
+
+def unfold_grid(size, kernel_size, strides, padding):
+    """Output side of an unfold: floor((size + 2p - k) / s) + 1."""
+    return (size + 2 * padding - kernel_size) // strides + 1
+
+
+
+def _unfold_indices(padded_height, padded_width, kernel_size, strides):
+    """Flat pixel index of every window pixel, (gh * gw * k * k,) int32, window-major.
+
+    Index ``(t * k + i) * k + j`` of the result is pixel (row, col) =
+    (s * (t // gw) + i, s * (t % gw) + j) of the padded image, row-major.
+    """
+    k, s = kernel_size, strides
+    gh = (padded_height - k) // s + 1
+    gw = (padded_width - k) // s + 1
+    rows = (np.arange(gh) * s)[:, None, None, None] + np.arange(k)[None, None, :, None]
+    cols = (np.arange(gw) * s)[None, :, None, None] + np.arange(k)[None, None, None, :]
+    return (rows * padded_width + cols).reshape(-1).astype("int32")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SoftSplit(keras.layers.Layer):
+    """Soft split: every ``k x k`` window (zero padded) becomes one token.
+
+    Equivalent to ``torch.nn.Unfold``: input ``(B, H, W, C)`` channels-last,
+    output ``(B, Ho * Wo, C * k * k)`` with tokens in row-major order of the
+    output grid and features in the reference's channel-major order
+    ``c * k * k + i * k + j``, so the authors' weights apply unpermuted.
+    """
+
+    def __init__(self, kernel_size, strides, padding, **kwargs):
+        super().__init__(**kwargs)
+        # === config ===
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.padding = int(padding)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def output_grid(self, height, width):
+        args = (self.kernel_size, self.strides, self.padding)
+        return unfold_grid(height, *args), unfold_grid(width, *args)
+
+    def compute_output_shape(self, input_shape):
+        _, height, width, channels = input_shape
+        gh, gw = self.output_grid(height, width)
+        return (input_shape[0], gh * gw, channels * self.kernel_size**2)
+
+    def call(self, images):
+        k, s, p = self.kernel_size, self.strides, self.padding
+        _, height, width, channels = images.shape
+        gh, gw = self.output_grid(height, width)
+        if p:
+            images = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
+        if keras.backend.backend() == "jax":
+            # XLA fuses k * k strided slices and their stack into one copy loop; its
+            # CPU gather is slower. Stacking after the channel axis gives the
+            # channel-major feature order of torch's Unfold.
+            windows = [
+                images[:, i : i + s * (gh - 1) + 1 : s, j : j + s * (gw - 1) + 1 : s, :]
+                for i in range(k)
+                for j in range(k)
+            ]
+            patches = ops.stack(windows, axis=-1)
+            return ops.reshape(patches, (-1, gh * gw, channels * k * k))
+        # TensorFlow (graph/eager) and torch: one gather of all window pixels (a pure
+        # copy, exact) runs 2-4x faster than k * k slices and a stack there:
+        # (B, Hp * Wp, C) -> (B, gh * gw * k * k, C), then the window axis moves
+        # after the channels for the channel-major order.
+        flat = ops.reshape(images, (-1, (height + 2 * p) * (width + 2 * p), channels))
+        patches = ops.take(flat, _unfold_indices(height + 2 * p, width + 2 * p, k, s), axis=1)
+        patches = ops.reshape(patches, (-1, gh * gw, k * k, channels))
+        patches = ops.transpose(patches, (0, 1, 3, 2))
+        return ops.reshape(patches, (-1, gh * gw, channels * k * k))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, strides=self.strides, padding=self.padding)
+        return config
+
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TokenPerformer(keras.layers.Layer):
+    """The "performer" T2T layer: single-head linear attention with random features.
+
+    Quirks kept for checkpoint compatibility: the fused projection splits as
+    k, q, v (not q, k, v); the residual adds ``v`` because the input and output
+    widths differ; the random features ``w`` are fixed (non-trainable) but saved.
+    """
+
+    def __init__(self, token_dim=64, kernel_ratio=0.5, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        # === config ===
+        self.token_dim = int(token_dim)
+        self.kernel_ratio = float(kernel_ratio)
+        self.dropout = float(dropout)
+
+        self.num_features = int(self.token_dim * self.kernel_ratio)
+        if self.num_features < 1:
+            raise ValueError(
+                f"TokenPerformer needs token_dim * kernel_ratio >= 1; got token_dim="
+                f"{self.token_dim}, kernel_ratio={self.kernel_ratio}."
+            )
+        policy = self.dtype_policy
+        self.norm1 = layer_norm("norm1", dtype=policy)
+        self.kqv = dense(3 * self.token_dim, "kqv", dtype=policy)
+        self.proj = dense(self.token_dim, "proj", dtype=policy)
+        self.proj_drop = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.norm2 = layer_norm("norm2", dtype=policy)
+        self.mlp = Mlp(self.token_dim, self.token_dim, dropout=self.dropout, name="mlp", dtype=policy)
+
+    def build(self, input_shape):
+        self.norm1.build(input_shape)
+        self.kqv.build(input_shape)
+        token_shape = tuple(input_shape[:-1]) + (self.token_dim,)
+        self.proj.build(token_shape)
+        self.norm2.build(token_shape)
+        self.mlp.build(token_shape)
+        m = self.num_features
+        self.w = self.add_weight(
+            shape=(m, self.token_dim),
+            initializer=keras.initializers.Orthogonal(gain=math.sqrt(m)),
+            trainable=False,
+            name="w",
+            dtype="float32",
+            # Read at full precision under mixed policies: rounding w to bfloat16 moves
+            # x @ w^T by up to ~0.3 where |x|^2 / 2 is large, and exp() amplifies it.
+            autocast=False,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.token_dim,)
+
+    def _random_features(self, x):
+        # prm(x) = exp(x w^T - |x|^2 / 2) / sqrt(m)
+        half_sq_norm = ops.sum(x * x, axis=-1, keepdims=True) / 2.0
+        projected = ops.matmul(x, ops.transpose(ops.cast(self.w, "float32")))
+        return ops.exp(projected - half_sq_norm) / math.sqrt(self.num_features)
+
+    def call(self, x, training=None):
+        kqv = self.kqv(self.norm1(x))
+        k, q, v = ops.split(kqv, 3, axis=-1)
+        # A float32 island: exp() overflows in float16 and loses the sum in
+        # bfloat16; the reference does the same under AMP.
+        k32, q32, v32 = (ops.cast(t, "float32") for t in (k, q, v))
+        kp = self._random_features(k32)
+        qp = self._random_features(q32)
+        normaliser = ops.matmul(qp, ops.expand_dims(ops.sum(kp, axis=1), -1))
+        kptv = ops.matmul(ops.transpose(v32, (0, 2, 1)), kp)
+        y = ops.matmul(qp, ops.transpose(kptv, (0, 2, 1))) / (normaliser + PERFORMER_EPSILON)
+        y = ops.cast(y, v.dtype)
+        y = v + self.proj_drop(self.proj(y), training=training)
+        return y + self.mlp(self.norm2(y), training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(token_dim=self.token_dim, kernel_ratio=self.kernel_ratio, dropout=self.dropout)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TokenTransformer(AttentionTracing, keras.layers.Layer):
+    """The "transformer" T2T layer (T2T-ViT_t): one-head softmax attention.
+
+    Quirk kept for checkpoint compatibility: the attention scale is
+    ``input_dim ** -0.5`` (147 or 576), not ``token_dim ** -0.5``. The attention
+    traces in the layer's ``tracing`` form (``keras_t2t.layers.attention``).
+    """
+
+    def __init__(
+        self,
+        token_dim=64,
+        mlp_ratio=1.0,
+        dropout=0.0,
+        attention_chunk_size=DEFAULT_ATTENTION_CHUNK_SIZE,
+        attention_chunk_threshold=DEFAULT_ATTENTION_CHUNK_THRESHOLD,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # === config ===
+        self.token_dim = int(token_dim)
+        self.mlp_ratio = float(mlp_ratio)
+        self.dropout = float(dropout)
+        # Above ``attention_chunk_threshold`` tokens the attention runs in chunks of
+        # ``attention_chunk_size`` queries (same result; memory O(chunk x tokens)).
+        self.attention_chunk_size = int(attention_chunk_size)
+        self.attention_chunk_threshold = int(attention_chunk_threshold)
+        if self.attention_chunk_size < 1:
+            raise ValueError(f"attention_chunk_size must be >= 1; got {attention_chunk_size!r}.")
+
+        policy = self.dtype_policy
+        self.norm1 = layer_norm("norm1", dtype=policy)
+        self.qkv = dense(3 * self.token_dim, "qkv", use_bias=False, dtype=policy)
+        self.proj = dense(self.token_dim, "proj", dtype=policy)
+        self.proj_drop = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.norm2 = layer_norm("norm2", dtype=policy)
+        self.mlp = Mlp(
+            int(self.token_dim * self.mlp_ratio),
+            self.token_dim,
+            hidden_dropout=self.dropout,
+            dropout=self.dropout,
+            name="mlp",
+            dtype=policy,
+        )
+
+    def build(self, input_shape):
+        self.input_dim = int(input_shape[-1])
+        self.norm1.build(input_shape)
+        self.qkv.build(input_shape)
+        token_shape = tuple(input_shape[:-1]) + (self.token_dim,)
+        self.proj.build(token_shape)
+        self.norm2.build(token_shape)
+        self.mlp.build(token_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.token_dim,)
+
+    def call(self, x, training=None):
+        qkv = self.qkv(self.norm1(x))
+        q, k, v = ops.split(qkv, 3, axis=-1)
+        tokens = x.shape[1]
+        chunk = self.attention_chunk_size if tokens is not None and tokens > self.attention_chunk_threshold else None
+        # (B, heads=1, T, token_dim).
+        attended = chunked_attention(
+            ops.expand_dims(q, 1),
+            ops.expand_dims(k, 1),
+            ops.expand_dims(v, 1),
+            scale=self.input_dim**-0.5,
+            query_chunk_size=chunk,
+            tracing=self.tracing,
+        )
+        attended = ops.squeeze(attended, 1)
+        y = v + self.proj_drop(self.proj(attended), training=training)
+        return y + self.mlp(self.norm2(y), training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            token_dim=self.token_dim,
+            mlp_ratio=self.mlp_ratio,
+            dropout=self.dropout,
+            attention_chunk_size=self.attention_chunk_size,
+            attention_chunk_threshold=self.attention_chunk_threshold,
+        )
+        return config
+
+
+def restructurization(tokens, grid):
+    """The paper's re-structurization: tokens ``(B, rows * cols, C)`` back onto their
+    ``grid = (rows, cols)`` as an image ``(B, rows, cols, C)``, row-major, as the
+    reference reshapes them (its NCHW ``transpose(1, 2).reshape(B, C, rows, cols)``).
+    """
+    rows, cols = grid
+    return ops.reshape(tokens, (-1, rows, cols, tokens.shape[-1]))
+
+
+T2T_TYPES = ("performer", "transformer")
+# The reference's T2T module: dropout 0.1 inside the performer, none in the transformer.
+DEFAULT_T2T_DROPOUT = {"performer": 0.1, "transformer": 0.0}
+DEFAULT_T2T_STAGES = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TokensToToken(keras.layers.Layer):
+    """The T2T module: soft split, then (T2T layer, ``restructurization``, soft split)
+    for every further stage, then a projection to the backbone width.
+
+    ``stages`` lists one ``(kernel, stride, padding)`` per soft split; a T2T
+    layer (``attention1``, ``attention2``, ...) sits between consecutive splits.
+    """
+
+    def __init__(
+        self,
+        t2t_type="performer",
+        token_dim=64,
+        embed_dim=768,
+        stages=DEFAULT_T2T_STAGES,
+        dropout=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if t2t_type not in T2T_TYPES:
+            raise ValueError(f"t2t_type must be one of {T2T_TYPES}; got {t2t_type!r}.")
+        # === config ===
+        self.t2t_type = t2t_type
+        self.token_dim = int(token_dim)
+        self.embed_dim = int(embed_dim)
+        self.stages = tuple(tuple(int(v) for v in stage) for stage in stages)
+        self.dropout = DEFAULT_T2T_DROPOUT[t2t_type] if dropout is None else float(dropout)
+
+        policy = self.dtype_policy
+        self.soft_splits = [
+            SoftSplit(*stage, name=f"soft_split{i}", dtype=policy) for i, stage in enumerate(self.stages)
+        ]
+        token_layer = TokenPerformer if t2t_type == "performer" else TokenTransformer
+        self.attentions = [
+            token_layer(token_dim=self.token_dim, dropout=self.dropout, name=f"attention{i}", dtype=policy)
+            for i in range(1, len(self.stages))
+        ]
+        self.project = dense(self.embed_dim, "project", dtype=policy)
+
+    def stage_grids(self, height, width):
+        """The (rows, cols) token grid after each soft split."""
+        grids = []
+        for split in self.soft_splits:
+            height, width = split.output_grid(height, width)
+            grids.append((height, width))
+        return grids
+
+    def build(self, input_shape):
+        batch, height, width, channels = input_shape
+        # Names the expected (height, width, channels) when a model is called on other images.
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={1: height, 2: width, 3: channels})
+        grids = self.stage_grids(height, width)
+        features = channels
+        for i, split in enumerate(self.soft_splits):
+            split.build((batch, None, None, features))
+            features = features * split.kernel_size**2
+            if i < len(self.attentions):
+                self.attentions[i].build((batch, grids[i][0] * grids[i][1], features))
+                features = self.token_dim
+        self.project.build((batch, grids[-1][0] * grids[-1][1], features))
+
+    def compute_output_shape(self, input_shape):
+        gh, gw = self.stage_grids(input_shape[1], input_shape[2])[-1]
+        return (input_shape[0], gh * gw, self.embed_dim)
+
+    def call(self, images, training=None):
+        grids = self.stage_grids(images.shape[1], images.shape[2])
+        x = self.soft_splits[0](images)
+        for i, attention in enumerate(self.attentions):
+            x = restructurization(attention(x, training=training), grids[i])
+            x = self.soft_splits[i + 1](x)
+        return self.project(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            t2t_type=self.t2t_type,
+            token_dim=self.token_dim,
+            embed_dim=self.embed_dim,
+            stages=[list(s) for s in self.stages],
+            dropout=self.dropout,
+        )
+        return config

@@ -1,0 +1,237 @@
+"""What every classifier of the package shares: argument checks, grid arithmetic, the top, the config.
+
+``ClassifierModel`` is the base of ``T2TViT`` and ``ViT``: both are functional
+``keras.Model``s built in ``__init__`` from a tokenizer, a class token, a
+position table and blocks, with the same final norm, pooling and head
+(``classifier_top``) and the same config mechanics (``CONFIG_KEYS``).
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_t2t import layers as t2t_layers
+
+
+def positive_int(name, value):
+    """``value`` as an int >= 1, or a ValueError naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def validate_input_shape(input_shape):
+    """(H, W, C) of positive ints, or a clear ValueError; None means (224, 224, 3)."""
+    if input_shape is None:
+        return (224, 224, 3)
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if shape is None or len(shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels) for channels-last images; got {input_shape!r}."
+        )
+    for axis, value in zip(("height", "width", "channels"), shape):
+        if value is None:
+            raise ValueError(
+                f"input_shape {shape} leaves the {axis} unknown; the model needs a fixed image size "
+                "(its position table has one row per token). Give e.g. (224, 224, 3)."
+            )
+        positive_int(f"input_shape {axis}", value)
+    return tuple(int(v) for v in shape)
+
+
+def validate_stages(stages):
+    """The T2T module's soft splits as a tuple of (kernel, stride, padding) int triples."""
+    try:
+        stages = tuple(tuple(int(v) for v in stage) for stage in stages)
+    except (TypeError, ValueError):
+        stages = ()
+    if not stages or any(len(s) != 3 or s[0] < 1 or s[1] < 1 or s[2] < 0 for s in stages):
+        raise ValueError(
+            "t2t_stages must be a non-empty list of (kernel_size >= 1, stride >= 1, padding >= 0) "
+            f"triples, one per soft split; got {stages!r}."
+        )
+    return stages
+
+
+def t2t_grid(image_hw, stages):
+    """The token grid after the T2T module, or a ValueError naming the stage that cannot split."""
+    height, width = image_hw
+    for index, (k, s, p) in enumerate(stages):
+        new_h = t2t_layers.unfold_grid(height, k, s, p)
+        new_w = t2t_layers.unfold_grid(width, k, s, p)
+        if new_h < 1 or new_w < 1:
+            raise ValueError(
+                f"Image size {image_hw[0]}x{image_hw[1]} is too small for the T2T stages {list(stages)}: "
+                f"soft split {index} (kernel {k}, stride {s}, padding {p}) gets a {height}x{width} grid "
+                f"and needs each side >= {k - 2 * p}. Use a larger image or smaller T2T stages."
+            )
+        height, width = new_h, new_w
+    return height, width
+
+
+def square_size_for_grid(side, stages):
+    """The square image side whose T2T grid is ``side`` x ``side``, or None.
+
+    ``side * (product of the strides)`` when that size gives the grid (14 -> 224,
+    24 -> 384 for the paper's stages); otherwise the smallest size that does.
+    """
+    exact = side * math.prod(s for _, s, _ in stages)
+    for size in [exact] + list(range(1, exact + 64)):
+        try:
+            if t2t_grid((size, size), stages) == (side, side):
+                return size
+        except ValueError:
+            continue
+    return None
+
+
+def validate_backbone(embed_dim, depth, num_heads, mlp_ratio):
+    """The blocks' widths: positive ints, heads dividing the width, a positive MLP ratio."""
+    embed_dim = positive_int("embed_dim", embed_dim)
+    depth = positive_int("depth", depth)
+    num_heads = positive_int("num_heads", num_heads)
+    if embed_dim % num_heads:
+        raise ValueError(
+            f"embed_dim={embed_dim} must be divisible by num_heads={num_heads} "
+            f"(each head gets embed_dim / num_heads channels)."
+        )
+    if not float(mlp_ratio) > 0:
+        raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio!r}.")
+    return embed_dim, depth, num_heads
+
+
+def validate_rates_and_top(rates, pooling, include_top, classes, classifier_activation):
+    """Checks shared by every model here (T2T-ViT and ViT): dropout rates ({name: rate}),
+    pooling, and the head's class count and activation. Returns the class count."""
+    for rate_name, rate in rates.items():
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"{rate_name} must be in [0, 1); got {rate!r}.")
+    if pooling not in t2t_layers.POOLINGS and not (pooling is None and not include_top):
+        accepted = f"{t2t_layers.POOLINGS}" + ("" if include_top else " or None")
+        raise ValueError(f"pooling must be one of {accepted}; got {pooling!r}.")
+    if include_top:
+        classes = positive_int("classes", classes)
+        try:
+            keras.activations.get(classifier_activation)
+        except ValueError as error:
+            raise ValueError(
+                f"classifier_activation {classifier_activation!r} is not a Keras activation "
+                "(use e.g. 'softmax', None for logits)."
+            ) from error
+    return classes
+
+
+def block_arguments(num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dtype):
+    """The keywords every backbone block takes (a model's names -> the block's names)."""
+    return dict(num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, dropout=drop_rate,
+                attn_dropout=attn_drop_rate, dtype=dtype)
+
+
+def transformer_blocks(x, block_class, depth, drop_path_rate=0.0, **block_kwargs):
+    """``depth`` blocks ``blocks_{i}`` with stochastic depth ``linspace(0, drop_path_rate, depth)[i]``."""
+    for i, rate in enumerate(np.linspace(0.0, float(drop_path_rate), depth)):
+        x = block_class(drop_path=float(rate), name=f"blocks_{i}", **block_kwargs)(x)
+    return x
+
+
+def classifier_top(x, include_top, classes, pooling, classifier_activation, dtype):
+    """Final norm (``norm``), pooling (``pool``) and head (``head`` + ``predictions``)."""
+    x = keras.layers.LayerNormalization(epsilon=t2t_layers.LAYER_NORM_EPSILON, name="norm", dtype=dtype)(x)
+    if pooling is not None:
+        x = t2t_layers.TokenPooling(pooling, name="pool", dtype=dtype)(x)
+    if include_top:
+        x = keras.layers.Dense(
+            classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="head",
+            dtype=dtype,
+        )(x)
+        # Scores in float32 whatever the policy: softmax in bfloat16 loses the tail.
+        x = keras.layers.Activation(classifier_activation, name="predictions", dtype="float32")(x)
+    return x
+
+
+class ClassifierModel(keras.Model):
+    """The config mechanics and feature access that T2TViT and ViT share.
+
+    A subclass lists its constructor arguments in ``CONFIG_KEYS`` (each stored
+    as an attribute of the same name, ``input_shape`` as ``image_shape``) and
+    calls ``_store_top(arguments, grid)`` after the functional constructor.
+    """
+
+    CONFIG_KEYS = ()
+    # The tokenizer's layer name and its feature_extractor flag (T2TViT: "tokens_to_token", "t2t").
+    TOKENIZER = ("tokens_to_token", "t2t")
+
+    def _store_top(self, args, grid):
+        """Stores the validated constructor arguments ``args`` as attributes (what ``get_config`` reads)."""
+        for key, value in args.items():
+            setattr(self, "image_shape" if key == "input_shape" else key, value)
+        self.mlp_ratio = float(self.mlp_ratio)
+        self.qkv_bias = bool(self.qkv_bias)
+        self.qk_scale = None if self.qk_scale is None else float(self.qk_scale)
+        for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+            setattr(self, key, float(getattr(self, key)))
+        if getattr(self, "t2t_dropout", None) is not None:
+            self.t2t_dropout = float(self.t2t_dropout)
+        self.include_top = bool(self.include_top)
+        self.classes = int(self.classes) if self.include_top else self.classes
+        if not (self.classifier_activation is None or isinstance(self.classifier_activation, str)):
+            self.classifier_activation = keras.activations.serialize(self.classifier_activation)
+        self.grid_size = grid
+
+    @property
+    def num_tokens(self):
+        """Patch tokens after the tokenizer (the class token not counted)."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_features(self):
+        """Width of the final norm's output (what the head reads)."""
+        return self.embed_dim
+
+    @property
+    def block_names(self):
+        """The backbone blocks' layer names, in order (``feature_extractor``'s ``block_{i}`` is the i-th)."""
+        return [f"blocks_{i}" for i in range(self.depth)]
+
+    def get_config(self):
+        config = {}
+        for key in self.CONFIG_KEYS:
+            value = getattr(self, "image_shape" if key == "input_shape" else key)
+            if key == "input_shape":
+                value = list(value)
+            elif key in ("t2t_stages", "dense_stages"):
+                value = [list(v) for v in value] if key == "t2t_stages" else list(value)
+            config[key] = value
+        config.update(
+            name=self.name, dtype=keras.dtype_policies.serialize(self.dtype_policy), trainable=self.trainable
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+    def _features(self, block_indices, include_tokenizer, name):
+        outputs = {"tokens": self.get_layer("norm").output}
+        names = self.block_names
+        for index in block_indices:
+            if not -len(names) <= int(index) < len(names):
+                raise ValueError(
+                    f"block index {index} is out of range for a depth-{len(names)} model "
+                    f"(accepted: 0..{len(names) - 1} or -{len(names)}..-1)."
+                )
+            i = int(index) % len(names)
+            outputs[f"block_{i}"] = self.get_layer(names[i]).output
+        layer_name, key = self.TOKENIZER
+        if include_tokenizer:
+            outputs[key] = self.get_layer(layer_name).output
+        return keras.Model(self.input, outputs, name=name or f"{self.name}_features")

@@ -1,0 +1,65 @@
+"""Weights in and out: the authors' PyTorch checkpoints, this package's own files, detection.
+
+A checkpoint becomes a model in one order, each step in its own module:
+``torch_pickle`` reads a ``.pth``/``.pth.tar`` safely (no pickle code ever runs)
+and normalises its state dict (``normalize_state_dict``: DataParallel's
+``module.`` prefix off); ``detect`` tells which registry row the shapes are;
+``keras_t2t.builders`` builds that row; ``loading`` assigns the weights through
+``mapping``, the one table between this package's variables and the authors'
+keys and layouts (position-table resize and head handling included).
+"""
+
+from keras_t2t.weights.detect import (
+    checkpoint_image_size,
+    describe_variant,
+    detect_variant,
+    weight_overrides,
+)
+from keras_t2t.weights.loading import (
+    CHECKPOINT_SUFFIXES,
+    is_checkpoint_path,
+    load_any_weights,
+    load_state_dict,
+    load_vit_weights,
+    load_weights,
+    read_state_dict,
+)
+from keras_t2t.weights.mapping import (
+    LAYOUTS,
+    WeightLoadReport,
+    checkpoint_filter_fn,
+    from_torch_layout,
+    model_state_dict,
+    resize_pos_embed,
+    to_torch_layout,
+    torch_key,
+    torch_shape,
+    variable_map,
+)
+from keras_t2t.weights.torch_pickle import CheckpointError, normalize_state_dict
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "LAYOUTS",
+    "CheckpointError",
+    "WeightLoadReport",
+    "checkpoint_filter_fn",
+    "checkpoint_image_size",
+    "describe_variant",
+    "detect_variant",
+    "from_torch_layout",
+    "is_checkpoint_path",
+    "load_any_weights",
+    "load_state_dict",
+    "load_vit_weights",
+    "load_weights",
+    "model_state_dict",
+    "normalize_state_dict",
+    "read_state_dict",
+    "resize_pos_embed",
+    "to_torch_layout",
+    "torch_key",
+    "torch_shape",
+    "variable_map",
+    "weight_overrides",
+]

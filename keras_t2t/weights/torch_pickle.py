@@ -1,0 +1,935 @@
+"""Safe reader for PyTorch checkpoint files (``*.pth``, ``*.pth.tar``).
+
+This module reads what ``torch.save`` writes **without torch installed** and
+**without running any code from the file**.  Both container layouts are
+understood:
+
+* the zip format (the default since torch 1.6): an archive holding
+  ``<name>/data.pkl`` (the pickled object), one ``<name>/data/<key>`` record per
+  storage, and usually ``<name>/byteorder``;
+* the legacy format (``_use_new_zipfile_serialization=False``): a pickled magic
+  number, protocol version and system-info dict, then the pickled object, then
+  the pickled list of storage keys, each followed by its raw bytes.
+
+The object pickle is read by a :class:`pickle.Unpickler` subclass whose
+``find_class`` only resolves the globals listed in :data:`ALLOWED_GLOBALS`, and
+maps every one of them to a harmless replacement defined here (no torch, numpy
+or argparse function is ever called through the pickle).  Tensors come back as
+``numpy.ndarray`` (``bfloat16`` as ``float32``), ``OrderedDict`` as ``dict``,
+``torch.Size`` as ``tuple``, ``argparse.Namespace`` as
+:class:`CheckpointNamespace`, ``torch.dtype``/``torch.device`` as strings.
+Anything else is refused with :class:`CheckpointError`.
+
+Public API: :class:`CheckpointError`, :func:`read_checkpoint`,
+:func:`extract_state_dict`, :func:`load_state_dict_file`, and
+:func:`normalize_state_dict` (the one place DataParallel's ``module.`` prefix
+is taken off).
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import collections
+import io
+import math
+import os
+import pickle
+import struct
+import types
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "DATA_PARALLEL_PREFIX",
+    "CheckpointError",
+    "CheckpointNamespace",
+    "CheckpointNotFoundError",
+    "extract_state_dict",
+    "load_state_dict_file",
+    "normalize_state_dict",
+    "read_checkpoint",
+]
+
+_ACCEPTED = (
+    "accepted: files written by torch.save (zip format of torch>=1.6 or the "
+    "legacy format) holding tensors, plain Python containers and scalars, "
+    "OrderedDict, torch.Size, torch dtypes/devices and argparse.Namespace"
+)
+
+# Magic number and protocol version at the start of a legacy torch.save file.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable (or not a safe) PyTorch checkpoint."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist."""
+
+
+class CheckpointNamespace(types.SimpleNamespace):
+    """What a pickled ``argparse.Namespace`` becomes (``vars(ns)`` gives a dict)."""
+
+
+# ---------------------------------------------------------------------------
+# dtypes
+# ---------------------------------------------------------------------------
+
+# torch dtype name -> (raw numpy dtype code as stored, itemsize).  The raw code
+# is read with the file's byte order; "bf16" is read as uint16 and widened to
+# float32, "bool" is read as uint8 and compared with 0.
+_DTYPE_SPECS = {
+    "float64": ("f8", 8),
+    "float32": ("f4", 4),
+    "float16": ("f2", 2),
+    "bfloat16": ("u2", 2),
+    "int64": ("i8", 8),
+    "int32": ("i4", 4),
+    "int16": ("i2", 2),
+    "int8": ("i1", 1),
+    "uint8": ("u1", 1),
+    "uint16": ("u2", 2),
+    "uint32": ("u4", 4),
+    "uint64": ("u8", 8),
+    "bool": ("u1", 1),
+    "complex64": ("c8", 8),
+    "complex128": ("c16", 16),
+}
+
+# Attribute names of torch dtypes that may appear as globals ("torch.float").
+_TORCH_DTYPE_ALIASES = {
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+}
+_TORCH_DTYPE_ALIASES.update({name: name for name in _DTYPE_SPECS})
+
+# Real torch dtypes with no numpy counterpart: they may be named in a file, but
+# a tensor of such a dtype cannot be converted.
+_UNSUPPORTED_DTYPES = frozenset(
+    {
+        "float8_e5m2",
+        "float8_e4m3fn",
+        "float8_e5m2fnuz",
+        "float8_e4m3fnuz",
+        "float8_e8m0fnu",
+        "float4_e2m1fn_x2",
+        "complex32",
+        "chalf",
+        "qint8",
+        "qint32",
+        "quint8",
+        "quint4x2",
+        "quint2x4",
+        "bits1x8",
+        "bits2x4",
+        "bits4x2",
+        "bits8",
+        "bits16",
+    }
+)
+
+# Legacy typed storage class -> dtype of its elements.
+_STORAGE_TYPES = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+}
+_QUANTIZED_STORAGES = frozenset(
+    {"QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage", "QUInt2x4Storage"}
+)
+
+# numpy scalar dtypes accepted inside ``numpy.core.multiarray.scalar``.
+_NUMPY_SCALAR_CODES = frozenset(
+    {"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1", "c8", "c16"}
+)
+
+
+class _ReadOnly:
+    """What the pickle may name but never change: attribute writes and BUILD (setstate) are refused."""
+
+    __slots__ = ()
+
+    def __setattr__(self, key, value):
+        raise AttributeError("read-only")
+
+    def __setstate__(self, state):
+        raise CheckpointError(f"unexpected state applied to {self!r}")
+
+
+class _Marker(_ReadOnly):
+    """Immutable stand-in for a torch global that is only a tag (dtype, type)."""
+
+    __slots__ = ("kind", "name", "value")
+
+    def __init__(self, kind, name, value=None):
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "value", value)
+
+    def __repr__(self):
+        return self.name
+
+
+def _dtype_marker(attr):
+    canonical = _TORCH_DTYPE_ALIASES.get(attr, attr)
+    return _Marker("dtype", f"torch.{canonical}", canonical)
+
+
+_DTYPE_MARKERS = {a: _dtype_marker(a) for a in list(_TORCH_DTYPE_ALIASES) + sorted(_UNSUPPORTED_DTYPES)}
+_STORAGE_MARKERS = {n: _Marker("storage", f"torch.{n}", d) for n, d in _STORAGE_TYPES.items()}
+_UNTYPED_STORAGE = _Marker("storage", "torch.UntypedStorage", None)
+_TENSOR_TYPE = _Marker("type", "torch.Tensor")
+_PARAMETER_TYPE = _Marker("type", "torch.nn.Parameter")
+
+
+# ---------------------------------------------------------------------------
+# Placeholders built while unpickling, turned into numpy afterwards
+# ---------------------------------------------------------------------------
+
+
+class _StorageRoot:
+    """One storage record of the file (``data/<key>`` or a legacy raw block)."""
+
+    __slots__ = ("key", "dtype", "numel", "nbytes", "data", "pending")
+
+    def __init__(self, key, dtype, numel):
+        self.key = key
+        self.dtype = dtype  # torch dtype name; "uint8" for an untyped storage
+        self.numel = numel
+        self.nbytes = numel * _DTYPE_SPECS[dtype][1]
+        self.data = None  # bytes once read
+        self.pending = 0  # tensors still to be materialised from it
+
+    def __setstate__(self, state):
+        raise CheckpointError("unexpected state applied to a storage")
+
+
+class _StorageRef:
+    """A storage as seen by the pickle: a root plus a byte window into it."""
+
+    __slots__ = ("root", "byte_offset", "nbytes", "dtype", "untyped")
+
+    def __init__(self, root, byte_offset, nbytes, dtype, untyped):
+        self.root = root
+        self.byte_offset = byte_offset
+        self.nbytes = nbytes
+        self.dtype = dtype
+        self.untyped = untyped
+
+    __hash__ = None
+
+    def __setstate__(self, state):
+        raise CheckpointError("unexpected state applied to a storage")
+
+
+class _TensorRef:
+    __slots__ = ("storage", "offset", "size", "stride", "dtype", "metadata")
+
+    def __init__(self, storage, offset, size, stride, dtype, metadata):
+        self.storage = storage
+        self.offset = offset
+        self.size = size
+        self.stride = stride
+        self.dtype = dtype
+        self.metadata = metadata
+
+    __hash__ = None  # like a tensor in a dict key: refuse
+
+    def __setstate__(self, state):
+        raise CheckpointError("unexpected state applied to a tensor")
+
+
+class _NumpyDType:
+    """Stand-in for ``numpy.dtype(code)``; only feeds :meth:`_np_scalar`."""
+
+    __slots__ = ("code", "order")
+
+    def __init__(self, code):
+        self.code = code
+        self.order = "<"
+
+    __hash__ = None
+
+    def __setstate__(self, state):
+        if (
+            not isinstance(state, tuple)
+            or len(state) < 2
+            or state[1] not in ("<", ">", "|", "=")
+        ):
+            raise CheckpointError("unexpected state for a numpy dtype")
+        self.order = "<" if state[1] in ("|", "=") else state[1]
+
+
+class _Callable(_ReadOnly):
+    """Per-load wrapper around an allowed function: immutable from the pickle."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn, name):
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def __repr__(self):
+        return self._name
+
+
+def _int_tuple(value, what):
+    if not isinstance(value, (tuple, list)):
+        raise CheckpointError(f"tensor {what} must be a tuple of ints, got {type(value).__name__}")
+    out = []
+    for v in value:
+        if type(v) is not int or v < 0:
+            raise CheckpointError(f"tensor {what} must hold non-negative ints, got {value!r}")
+        out.append(v)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# The restricted unpickler
+# ---------------------------------------------------------------------------
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, file, reader, allow_persistent):
+        super().__init__(file, encoding="utf-8")
+        self._reader = reader
+        self._allow_persistent = allow_persistent
+        # A fresh class per load: a hostile pickle may mutate the class object
+        # it is handed (BUILD), and that must not leak into later loads.
+        self._ns_class = type("Namespace", (CheckpointNamespace,), {"__setstate__": _namespace_setstate})
+        funcs = {
+            ("collections", "OrderedDict"): collections.OrderedDict,
+            ("builtins", "set"): set,
+            ("builtins", "frozenset"): frozenset,
+            ("builtins", "slice"): slice,
+            ("builtins", "complex"): complex,
+            ("_codecs", "encode"): self._codecs_encode,
+            ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
+            ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
+            ("torch._utils", "_rebuild_tensor_v3"): self._rebuild_tensor_v3,
+            ("torch._utils", "_rebuild_parameter"): self._rebuild_parameter,
+            ("torch._utils", "_rebuild_parameter_with_state"): self._rebuild_parameter_with_state,
+            ("torch._tensor", "_rebuild_from_type"): self._rebuild_from_type,
+            ("torch._tensor", "_rebuild_from_type_v2"): self._rebuild_from_type,
+            ("torch._utils", "_rebuild_from_type_v2"): self._rebuild_from_type,
+            ("torch", "Size"): self._size,
+            ("torch", "device"): self._device,
+            ("torch", "Tensor"): _TENSOR_TYPE,
+            ("torch._tensor", "Tensor"): _TENSOR_TYPE,
+            ("torch.nn.parameter", "Parameter"): _PARAMETER_TYPE,
+            ("torch.nn", "Parameter"): _PARAMETER_TYPE,
+            ("torch", "UntypedStorage"): _UNTYPED_STORAGE,
+            ("torch.storage", "UntypedStorage"): _UNTYPED_STORAGE,
+            ("argparse", "Namespace"): self._ns_class,
+            ("numpy", "dtype"): self._np_dtype,
+            ("numpy.core.multiarray", "scalar"): self._np_scalar,
+            ("numpy._core.multiarray", "scalar"): self._np_scalar,
+        }
+        for key, value in list(funcs.items()):
+            if not isinstance(value, (type, _Marker)):
+                funcs[key] = _Callable(value, f"{key[0]}.{key[1]}")
+        self._tensor_builders = tuple(
+            funcs[("torch._utils", n)]
+            for n in (
+                "_rebuild_tensor",
+                "_rebuild_tensor_v2",
+                "_rebuild_tensor_v3",
+                "_rebuild_parameter",
+                "_rebuild_parameter_with_state",
+            )
+        )
+        for name, marker in _STORAGE_MARKERS.items():
+            funcs[("torch", name)] = marker
+            funcs[("torch.cuda", name)] = marker
+        for name, marker in _DTYPE_MARKERS.items():
+            funcs[("torch", name)] = marker
+        self._globals = funcs
+
+    # -- pickle hooks -------------------------------------------------------
+
+    def find_class(self, module, name):
+        if module == "__builtin__":  # Python 2 pickles
+            module = "builtins"
+        if (module in ("torch", "torch.cuda")) and name in _QUANTIZED_STORAGES:
+            raise CheckpointError(
+                f"{self._reader.path}: quantized storage '{module}.{name}' is not supported ({_ACCEPTED})"
+            )
+        found = self._globals.get((module, name))
+        if found is not None:
+            return found
+        shown = f"{module}.{name}"
+        py3 = _compat_pickle.NAME_MAPPING.get((module, name))
+        if py3 is None and module in _compat_pickle.IMPORT_MAPPING:
+            py3 = (_compat_pickle.IMPORT_MAPPING[module], name)
+        if py3 is not None:
+            shown += f"' (Python 3 name '{py3[0]}.{py3[1]}')"
+        else:
+            shown += "'"
+        raise CheckpointError(
+            f"{self._reader.path}: refusing to load forbidden global '{shown} "
+            f"(nothing from the file was executed); {_ACCEPTED}"
+        )
+
+    def persistent_load(self, pid):
+        if not self._allow_persistent:
+            raise CheckpointError(f"{self._reader.path}: unexpected persistent id in a header pickle")
+        return self._reader.persistent_load(pid)
+
+    # -- harmless replacements for the allowed globals -----------------------
+
+    @staticmethod
+    def _codecs_encode(text, encoding="utf-8", errors="strict"):
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+            raise CheckpointError(f"unsupported _codecs.encode call with encoding {encoding!r}")
+        return text.encode(encoding, "strict")
+
+    @staticmethod
+    def _size(dims=()):
+        return _int_tuple(tuple(dims) if isinstance(dims, (tuple, list)) else dims, "size")
+
+    @staticmethod
+    def _device(kind, index=None):
+        if not isinstance(kind, str) or not (index is None or type(index) is int):
+            raise CheckpointError("unexpected arguments to torch.device")
+        return kind if index is None else f"{kind}:{index}"
+
+    def _make_tensor(self, storage, offset, size, stride, dtype, metadata):
+        if type(storage) is not _StorageRef:
+            raise CheckpointError(
+                f"{self._reader.path}: a tensor is rebuilt from a {type(storage).__name__}, not a storage"
+            )
+        if type(offset) is not int or offset < 0:
+            raise CheckpointError(f"{self._reader.path}: bad tensor storage offset {offset!r}")
+        size = _int_tuple(size, "size")
+        stride = _int_tuple(stride, "stride")
+        if len(size) != len(stride):
+            raise CheckpointError(f"{self._reader.path}: tensor size {size} and stride {stride} differ in length")
+        if dtype is None:
+            if storage.untyped:
+                raise CheckpointError(f"{self._reader.path}: tensor over an untyped storage has no dtype")
+            dtype_name = storage.dtype
+        else:
+            if type(dtype) is not _Marker or dtype.kind != "dtype":
+                raise CheckpointError(f"{self._reader.path}: bad tensor dtype {dtype!r}")
+            dtype_name = dtype.value
+        if metadata is not None and not isinstance(metadata, dict):
+            raise CheckpointError(f"{self._reader.path}: bad tensor metadata {metadata!r}")
+        storage.root.pending += 1
+        return _TensorRef(storage, offset, size, stride, dtype_name, dict(metadata or {}))
+
+    def _rebuild_tensor(self, storage, storage_offset, size, stride):
+        return self._make_tensor(storage, storage_offset, size, stride, None, None)
+
+    def _rebuild_tensor_v2(
+        self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+    ):
+        return self._make_tensor(storage, storage_offset, size, stride, None, metadata)
+
+    def _rebuild_tensor_v3(
+        self, storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+    ):
+        return self._make_tensor(storage, storage_offset, size, stride, dtype, metadata)
+
+    def _rebuild_parameter(self, data, requires_grad=True, backward_hooks=None):
+        if type(data) is not _TensorRef:
+            raise CheckpointError(f"{self._reader.path}: a Parameter wraps a {type(data).__name__}, not a tensor")
+        return data
+
+    def _rebuild_parameter_with_state(self, data, requires_grad, backward_hooks, state):
+        return self._rebuild_parameter(data)
+
+    def _rebuild_from_type(self, func, new_type, args, state=None):
+        if not any(func is f for f in self._tensor_builders) or new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE) or not isinstance(args, tuple):
+            raise CheckpointError(
+                f"{self._reader.path}: tensor subclass {new_type!r} is not supported; {_ACCEPTED}"
+            )
+        return func(*args)
+
+    @staticmethod
+    def _np_dtype(code, align=False, copy=True):
+        if code not in _NUMPY_SCALAR_CODES:
+            raise CheckpointError(f"numpy dtype {code!r} is not accepted (only numeric scalars)")
+        return _NumpyDType(code)
+
+    @staticmethod
+    def _np_scalar(dtype, data=None):
+        if type(dtype) is not _NumpyDType or not isinstance(data, bytes):
+            raise CheckpointError("unexpected arguments to numpy scalar reconstruction")
+        np_dtype = np.dtype(dtype.order + dtype.code)
+        if len(data) != np_dtype.itemsize:
+            raise CheckpointError("numpy scalar has the wrong number of bytes")
+        return np.frombuffer(data, dtype=np_dtype).astype(np_dtype.newbyteorder("="))[0]
+
+
+def _namespace_setstate(self, state):
+    if isinstance(state, tuple) and len(state) == 2:
+        state, slotstate = state
+        if slotstate:
+            raise CheckpointError("unexpected slot state for argparse.Namespace")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError("unexpected state for argparse.Namespace")
+    self.__dict__.update(state)
+
+
+# ---------------------------------------------------------------------------
+# Container readers
+# ---------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, path):
+        self.path = path
+        self.roots = {}
+        self.views = {}
+        self.big_endian = False
+        self.legacy = False
+
+    # storage records ---------------------------------------------------------
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise CheckpointError(f"{self.path}: unsupported persistent id {pid!r:.80}; {_ACCEPTED}")
+        if self.legacy:
+            if len(pid) != 6:
+                raise CheckpointError(f"{self.path}: malformed storage reference {pid!r:.80}")
+            _, stype, key, location, numel, view_metadata = pid
+        else:
+            if len(pid) != 5:
+                raise CheckpointError(f"{self.path}: malformed storage reference {pid!r:.80}")
+            _, stype, key, location, numel = pid
+            view_metadata = None
+        if type(stype) is not _Marker or stype.kind != "storage":
+            raise CheckpointError(f"{self.path}: unknown storage type {stype!r:.80}; {_ACCEPTED}")
+        if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
+            raise CheckpointError(f"{self.path}: malformed storage reference {pid!r:.80}")
+        untyped = stype is _UNTYPED_STORAGE
+        dtype = "uint8" if untyped else stype.value
+        root = self.roots.get(key)
+        if root is None:
+            root = self.roots[key] = _StorageRoot(key, dtype, numel)
+        elif root.dtype != dtype or root.numel != numel:
+            raise CheckpointError(f"{self.path}: storage '{key}' is referenced with different types or sizes")
+        if view_metadata is None:
+            ref = self.views.get(("", key))
+            if ref is None:
+                ref = self.views[("", key)] = _StorageRef(root, 0, root.nbytes, dtype, untyped)
+            return ref
+        # Old torch: a storage that is a slice of another (view_key, offset, size).
+        if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
+            raise CheckpointError(f"{self.path}: malformed storage view {view_metadata!r:.80}")
+        view_key, offset, view_size = view_metadata
+        if (
+            not isinstance(view_key, str)
+            or type(offset) is not int
+            or type(view_size) is not int
+            or offset < 0
+            or view_size < 0
+            or offset + view_size > numel
+        ):
+            raise CheckpointError(f"{self.path}: storage view {view_metadata!r:.80} lies outside its storage")
+        ref = self.views.get(("view", view_key))
+        if ref is None:
+            item = _DTYPE_SPECS[dtype][1]
+            ref = self.views[("view", view_key)] = _StorageRef(root, offset * item, view_size * item, dtype, untyped)
+        return ref
+
+    def storage_bytes(self, root):
+        if root.data is None:
+            root.data = self.fetch(root)
+        return root.data
+
+    def fetch(self, root):  # pragma: no cover - overridden
+        raise CheckpointError(f"{self.path}: storage '{root.key}' has no data")
+
+    # tensors ---------------------------------------------------------------
+
+    def materialize(self, ref):
+        spec = _DTYPE_SPECS.get(ref.dtype)
+        if spec is None:
+            raise CheckpointError(
+                f"{self.path}: tensors of dtype torch.{ref.dtype} cannot be converted to numpy; {_ACCEPTED}"
+            )
+        code, item = spec
+        storage = ref.storage
+        data = self.storage_bytes(storage.root)
+        order = ">" if self.big_endian else "<"
+        raw_dtype = np.dtype(order + code)
+        count = storage.nbytes // item
+        base = np.frombuffer(data, dtype=raw_dtype, count=count, offset=storage.byte_offset)
+        size, stride, offset = ref.size, ref.stride, ref.offset
+        numel = math.prod(size)
+        native = raw_dtype.newbyteorder("=")
+        if numel == 0:
+            arr = np.zeros(size, dtype=native)
+        else:
+            extent = offset + sum((n - 1) * s for n, s in zip(size, stride))
+            if extent >= count:
+                raise CheckpointError(
+                    f"{self.path}: a tensor (offset {offset}, size {size}, stride {stride}) reaches "
+                    f"element {extent} but its storage '{storage.root.key}' holds only {count} elements"
+                )
+            view = np.lib.stride_tricks.as_strided(
+                base[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
+            )
+            if numel <= count or raw_dtype != native:
+                arr = view.astype(native, order="C")  # an independent, writable copy
+            else:
+                arr = view  # an expanded (stride-0) view: keep it read-only, uncopied
+        if ref.dtype == "bfloat16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        elif ref.dtype == "bool":
+            arr = arr != 0
+        if ref.metadata.get("neg"):
+            arr = -arr
+        if ref.metadata.get("conj"):
+            arr = np.conj(arr)
+        storage.root.pending -= 1
+        if storage.root.pending <= 0 and not self.legacy:
+            storage.root.data = None  # free the raw bytes early (re-read on demand)
+        return arr
+
+    def storage_array(self, ref):
+        code, item = _DTYPE_SPECS[ref.dtype]
+        data = self.storage_bytes(ref.root)
+        raw = np.frombuffer(data, dtype=np.dtype((">" if self.big_endian else "<") + code),
+                            count=ref.nbytes // item, offset=ref.byte_offset)
+        arr = raw.astype(raw.dtype.newbyteorder("="))
+        if ref.dtype == "bfloat16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        elif ref.dtype == "bool":
+            arr = arr != 0
+        return arr
+
+    # post-pass -------------------------------------------------------------
+
+    def finalize(self, obj):
+        memo = {}
+        scalars = (str, bytes, bytearray, int, float, bool, complex, type(None))
+
+        def conv(o):
+            t = type(o)
+            if t in scalars:
+                return o
+            key = id(o)
+            if key in memo:
+                return memo[key]
+            if t is _TensorRef:
+                r = self.materialize(o)
+            elif t is dict or t is collections.OrderedDict:
+                r = memo[key] = {}
+                for k, v in dict.items(o):
+                    r[conv(k)] = conv(v)
+            elif t is list:
+                r = memo[key] = []
+                r.extend(conv(v) for v in o)
+            elif t is tuple:
+                r = tuple(conv(v) for v in o)
+            elif t is set or t is frozenset:
+                r = t(conv(v) for v in o)
+            elif t is slice:
+                r = slice(conv(o.start), conv(o.stop), conv(o.step))
+            elif isinstance(o, CheckpointNamespace) and t.__mro__[1] is CheckpointNamespace:
+                r = memo[key] = CheckpointNamespace()
+                for k, v in list(vars(o).items()):
+                    r.__dict__[k] = conv(v)
+            elif t is _StorageRef:
+                r = self.storage_array(o)
+            elif t is _Marker:
+                r = o.name
+            elif isinstance(o, np.generic) and o.dtype.kind in "biufc":
+                r = o
+            elif t is _Callable or isinstance(o, type):
+                raise CheckpointError(
+                    f"{self.path}: a bare reference to '{o!r}' appears as data, not a call; {_ACCEPTED}"
+                )
+            else:
+                raise CheckpointError(
+                    f"{self.path}: unexpected {t.__name__} object in the checkpoint data; {_ACCEPTED}"
+                )
+            memo[key] = r
+            return r
+
+        return conv(obj)
+
+
+class _ZipReader(_Reader):
+    def __init__(self, path, zf):
+        super().__init__(path)
+        self.zf = zf
+        names = zf.namelist()
+        prefixes = sorted({n[: -len("/data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1})
+        if not prefixes:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise CheckpointError(
+                f"{path}: this zip archive is not a PyTorch checkpoint (no '<name>/data.pkl' record; "
+                f"records: {shown or 'none'}); {_ACCEPTED}"
+            )
+        if len(prefixes) > 1:
+            raise CheckpointError(f"{path}: zip archive holds several checkpoints ({', '.join(prefixes)})")
+        self.prefix = prefixes[0]
+        names = set(names)
+        order_name = f"{self.prefix}/byteorder"
+        if order_name in names:
+            order = zf.read(order_name).strip()
+            if order not in (b"little", b"big"):
+                raise CheckpointError(f"{path}: unknown byteorder record {order[:20]!r} (expected little or big)")
+            self.big_endian = order == b"big"
+
+    def load(self):
+        data = self.zf.read(f"{self.prefix}/data.pkl")
+        obj = _SafeUnpickler(io.BytesIO(data), self, allow_persistent=True).load()
+        return self.finalize(obj)
+
+    def fetch(self, root):
+        name = f"{self.prefix}/data/{root.key}"
+        try:
+            info = self.zf.getinfo(name)
+        except KeyError:
+            raise CheckpointError(f"{self.path}: storage record '{name}' is missing from the archive") from None
+        if info.file_size != root.nbytes:
+            raise CheckpointError(
+                f"{self.path}: storage record '{name}' holds {info.file_size} bytes, expected {root.nbytes}"
+            )
+        data = self.zf.read(info)
+        if len(data) != root.nbytes:
+            raise CheckpointError(f"{self.path}: storage record '{name}' is truncated")
+        return data
+
+
+class _LegacyReader(_Reader):
+    def __init__(self, path, fh):
+        super().__init__(path)
+        self.fh = fh
+        self.legacy = True
+
+    def _header_pickle(self, what):
+        try:
+            return _SafeUnpickler(self.fh, self, allow_persistent=False).load()
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(
+                f"{self.path}: not a PyTorch checkpoint (could not read the legacy {what}: {exc}); {_ACCEPTED}"
+            ) from None
+
+    def load(self):
+        magic = self._header_pickle("magic number")
+        if type(magic) is not int or magic != _LEGACY_MAGIC:
+            raise CheckpointError(
+                f"{self.path}: not a PyTorch checkpoint (a pickle without the torch.save magic number); {_ACCEPTED}"
+            )
+        protocol = self._header_pickle("protocol version")
+        if protocol != _LEGACY_PROTOCOL:
+            raise CheckpointError(f"{self.path}: unsupported legacy protocol version {protocol!r:.40}")
+        sys_info = self._header_pickle("system info")
+        if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+            raise CheckpointError(f"{self.path}: legacy checkpoints written on big-endian machines are not supported")
+        obj = _SafeUnpickler(self.fh, self, allow_persistent=True).load()
+        keys = _SafeUnpickler(self.fh, self, allow_persistent=False).load()
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CheckpointError(f"{self.path}: malformed legacy storage key list")
+        remaining = os.fstat(self.fh.fileno()).st_size - self.fh.tell()
+        for key in keys:
+            root = self.roots.get(key)
+            if root is None:
+                raise CheckpointError(f"{self.path}: raw storage '{key}' is not referenced by the checkpoint")
+            header = self.fh.read(8)
+            if len(header) != 8:
+                raise CheckpointError(f"{self.path}: file is truncated (storage '{key}' is missing)")
+            (numel,) = struct.unpack("<q", header)
+            if numel != root.numel:
+                raise CheckpointError(
+                    f"{self.path}: raw storage '{key}' has {numel} elements, the checkpoint expects {root.numel}"
+                )
+            remaining -= 8
+            if root.nbytes > remaining:
+                raise CheckpointError(f"{self.path}: file is truncated (storage '{key}' is cut short)")
+            data = self.fh.read(root.nbytes)
+            if len(data) != root.nbytes:
+                raise CheckpointError(f"{self.path}: file is truncated (storage '{key}' is cut short)")
+            remaining -= root.nbytes
+            root.data = data
+        missing = [k for k, r in self.roots.items() if r.data is None]
+        if missing:
+            raise CheckpointError(f"{self.path}: file is truncated (no data for storage(s) {missing[:5]})")
+        return self.finalize(obj)
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+ALLOWED_GLOBALS = frozenset(
+    f"{m}.{n}" for (m, n) in _SafeUnpickler(io.BytesIO(b""), _Reader("<none>"), False)._globals
+)
+
+
+def read_checkpoint(path):
+    """Read a ``torch.save`` file safely, returning plain Python / numpy objects.
+
+    Raises :class:`CheckpointError` for anything that is not such a file, is
+    damaged, or references a global outside :data:`ALLOWED_GLOBALS` (in which
+    case nothing from the file has been executed).  A missing path raises
+    :class:`CheckpointNotFoundError` (a ``CheckpointError`` and a
+    ``FileNotFoundError``).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+            if not head:
+                raise CheckpointError(f"{path}: the file is empty, not a PyTorch checkpoint")
+            if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                fh.seek(0)
+                try:
+                    zf = zipfile.ZipFile(fh)
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+                    raise CheckpointError(
+                        f"{path}: truncated or corrupt zip checkpoint ({exc}); {_ACCEPTED}"
+                    ) from None
+                with zf:
+                    return _ZipReader(path, zf).load()
+            if head[:1] == b"\x80":
+                fh.seek(0)
+                return _LegacyReader(path, fh).load()
+            if head[257:262] == b"ustar":
+                raise CheckpointError(
+                    f"{path}: a tar archive (the pre-0.4 torch.save format is not supported); {_ACCEPTED}"
+                )
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (starts with {head[:8]!r}, neither a zip archive "
+                f"nor a pickle); {_ACCEPTED}"
+            )
+    except CheckpointError as exc:
+        if path in str(exc):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (MemoryError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: checkpoint is too large or too deeply nested to read ({type(exc).__name__})") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt PyTorch checkpoint ({type(exc).__name__}: {exc}); {_ACCEPTED}"
+        ) from None
+
+
+_SOURCES = ("state_dict_ema", "state_dict", "model")
+
+
+# What torch.nn.DataParallel puts before every key of the model it wraps (the authors trained with it).
+DATA_PARALLEL_PREFIX = "module."
+
+
+def normalize_state_dict(state_dict, where="state dict"):
+    """``state_dict`` with DataParallel's ``module.`` prefix taken off its keys, as a new dict.
+
+    The one place the prefix is known: ``extract_state_dict`` applies it to every
+    checkpoint it reads, and ``keras_t2t.detect_variant`` /
+    ``keras_t2t.weights.load_state_dict`` to a state dict handed to them directly.
+    A key that is not a string, or a name present both with and without the
+    prefix, is a ``CheckpointError`` naming ``where``.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{where}: state dict key {key!r} is not a string")
+        name = key.removeprefix(DATA_PARALLEL_PREFIX)
+        if name in out:
+            raise CheckpointError(
+                f"{where}: key '{name}' appears both with and without the '{DATA_PARALLEL_PREFIX}' prefix"
+            )
+        out[name] = value
+    return out
+
+
+def _as_state_dict(mapping, where):
+    for key, value in mapping.items():
+        if isinstance(key, str) and not isinstance(value, np.ndarray):
+            raise CheckpointError(
+                f"{where}: state dict entry '{key}' is a {type(value).__name__}, not a tensor"
+            )
+    return normalize_state_dict(mapping, where)
+
+
+def _is_flat_state_dict(obj):
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+
+
+def extract_state_dict(obj, prefer_ema=True, which=None):
+    """Pick the weights out of a read checkpoint.
+
+    Returns ``(state_dict, source_key)`` where ``state_dict`` maps parameter
+    names (a leading ``module.`` stripped) to numpy arrays and ``source_key`` is
+    ``'state_dict_ema'``, ``'state_dict'``, ``'model'`` or ``'bare'``.
+    ``which`` forces one of those entries.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"checkpoint holds a {type(obj).__name__}, expected a dict (a state dict or a training checkpoint)"
+        )
+    keys_present = ", ".join(repr(k) for k in list(obj)[:20]) or "none"
+    if which is not None:
+        if which not in _SOURCES + ("bare",):
+            raise CheckpointError(
+                f"which={which!r} is not one of 'state_dict_ema', 'state_dict', 'model', 'bare'"
+            )
+        if which == "bare":
+            return _as_state_dict(obj, "checkpoint"), "bare"
+        if which not in obj or not isinstance(obj[which], Mapping):
+            raise CheckpointError(f"checkpoint has no {which!r} state dict; keys present: {keys_present}")
+        return _as_state_dict(obj[which], which), which
+    order = _SOURCES if prefer_ema else _SOURCES[1:]
+    for name in order:
+        if isinstance(obj.get(name), Mapping) and obj[name]:
+            return _as_state_dict(obj[name], name), name
+    if _is_flat_state_dict(obj):
+        return _as_state_dict(obj, "checkpoint"), "bare"
+    raise CheckpointError(
+        "checkpoint has no 'state_dict_ema', 'state_dict' or 'model' entry and is not a flat "
+        f"mapping of names to tensors; keys present: {keys_present}"
+    )
+
+
+def load_state_dict_file(path, prefer_ema=True, which=None):
+    """Read ``path`` and return ``(state_dict, info)``.
+
+    ``info`` holds ``'source_key'`` and, when the checkpoint has them,
+    ``'arch'`` and ``'epoch'``.
+    """
+    obj = read_checkpoint(path)
+    try:
+        state_dict, source = extract_state_dict(obj, prefer_ema=prefer_ema, which=which)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{os.fspath(path)}: {exc}") from None
+    info = {"source_key": source}
+    if isinstance(obj, Mapping) and source != "bare":
+        for key in ("arch", "epoch"):
+            if key in obj:
+                info[key] = obj[key]
+    return state_dict, info

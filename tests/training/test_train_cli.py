@@ -1,0 +1,232 @@
+"""training/train.py: the command line over keras_t2t.training, on the current backend (in process)."""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import platform
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import REPO
+
+from keras_t2t.data.digits import write_digits_folder
+from keras_t2t.training import DIGITS, train
+from keras_t2t.training.distribute import Distribution
+
+_spec = importlib.util.spec_from_file_location("train_cli", os.path.join(REPO, "training", "train.py"))
+train_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_cli)
+
+# 128 training digits, 4 steps of 32 a epoch, 64 validation digits.
+TINY = ["--train-limit", "128", "--val-limit", "64", "--batch-size", "32", "--lr-base-batch", "32",
+        "--epochs", "1", "--cooldown-epochs", "0", "--warmup-epochs", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    return write_digits_folder(str(tmp_path_factory.mktemp("cli") / "digits"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(digits_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cli") / "run")
+    assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 0
+    with open(os.path.join(out, "summary.json")) as handle:
+        return out, json.load(handle)
+
+
+def test_print_recipe_shows_the_digits_default_and_the_paper_recipe_elsewhere(capsys, tmp_path):
+    assert train_cli.main(["--output-dir", str(tmp_path), "--print-recipe"]) == 0
+    digits = json.loads(capsys.readouterr().out)
+    assert digits["model"] == "t2t_vit_mini" and digits["dataset"] == "digits" and digits["mixup_alpha"] == 0
+    assert train_cli.main(["--output-dir", str(tmp_path), "--dataset", "cifar10", "--model", "t2t_vit_7",
+                           "--mixup", "0.5", "--print-recipe"]) == 0
+    paper = json.loads(capsys.readouterr().out)
+    assert (paper["mixup_alpha"], paper["cutmix_alpha"], paper["ema_decay"]) == (0.5, 1.0, 0.99996)
+    assert paper["weight_decay"] == 0.03  # the reference's for T2T-ViT-7
+    assert not os.listdir(tmp_path)
+
+
+def test_a_tiny_run_writes_summary_checkpoints_and_logs(tiny_run):
+    out, summary = tiny_run
+    for key in ("val_top1", "val_top5", "epochs", "replicas", "global_batch_size", "train_images_per_second",
+                "backend"):
+        assert key in summary
+    assert 0.0 <= summary["val_top1"] <= summary["val_top5"] <= 1.0
+    assert (summary["epochs"], summary["replicas"], summary["global_batch_size"]) == (1, 1, 32)
+    assert summary["optimizer_steps"] == 4 and summary["backend"] == keras.backend.backend()
+    assert summary["train_images_per_second"] > 0
+    for name in ("recipe.json", "history.csv", "best.weights.h5", "last.weights.h5", "model.keras",
+                 "resume/train_state.json", "resume/train_state.weights.h5"):
+        assert os.path.exists(os.path.join(out, name)), name
+    with open(os.path.join(out, "recipe.json")) as handle:
+        assert json.load(handle)["train_limit"] == 128
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 10)
+
+
+def test_eval_only_reproduces_the_runs_accuracy(tiny_run, digits_dir, tmp_path):
+    out, summary = tiny_run
+    args = ["--output-dir", str(tmp_path), "--data-dir", digits_dir, "--eval-only",
+            "--weights", os.path.join(out, "last.weights.h5")] + TINY
+    assert train_cli.main(args) == 0
+    with open(tmp_path / "summary.json") as handle:
+        evaluated = json.load(handle)
+    assert evaluated["eval_only"] and evaluated["epochs"] == 0
+    assert evaluated["val_top1"] == pytest.approx(summary["val_top1"], abs=1e-6)
+
+
+@pytest.fixture
+def glibc_thresholds_restored():
+    # The flag changes the allocator of this (pytest) process: afterwards, glibc's static
+    # defaults (128 KiB for both) again, so later tests do not keep freed memory.
+    yield
+    from keras_t2t import allocator
+
+    allocator.keep_freed_memory(128 * 1024, 128 * 1024)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_is_applied_before_the_run(tiny_run, digits_dir, tmp_path, capsys, glibc_thresholds_restored):
+    # --eval-only keeps it short; the allocator setting (tests/test_allocator.py checks its effect)
+    # is made and reported before any work.
+    out, _ = tiny_run
+    args = ["--output-dir", str(tmp_path), "--data-dir", digits_dir, "--eval-only", "--keep-freed-memory",
+            "--weights", os.path.join(out, "last.weights.h5")] + TINY
+    assert train_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "allocator: freed memory stays in the process (mmap threshold 33554432 bytes" in printed
+    assert printed.index("allocator:") < printed.index("recipe preset:")
+
+
+def test_rerunning_a_finished_run_resumes_without_more_steps(tiny_run, digits_dir):
+    out, summary = tiny_run
+    assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 0
+    with open(os.path.join(out, "summary.json")) as handle:
+        again = json.load(handle)
+    assert again["resumed_from_epoch"] == 1 and again["optimizer_steps"] == summary["optimizer_steps"]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="time budget: the TensorFlow session kills a real "
+                    "run (test_distributed), the JAX session resumes in the rerun test above")
+def test_an_interrupted_run_resumes_with_the_uninterrupted_step_count(digits_dir, tmp_path):
+    # 2 epochs of 4 steps = 8 optimizer steps uninterrupted; stop inside epoch 2, run again.
+    recipe = dataclasses.replace(DIGITS, data_dir=digits_dir, train_limit=128, val_limit=32, batch_size=32,
+                                 lr_base_batch=32, epochs=2, cooldown_epochs=0, warmup_epochs=0)
+
+    class StopInEpoch2(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) >= 6:
+                raise _Interrupt()
+
+    with pytest.raises(_Interrupt):
+        train(recipe, str(tmp_path), verbose=0, callbacks=[StopInEpoch2()])
+    assert not (tmp_path / "summary.json").exists()
+    _, summary = train(recipe, str(tmp_path), verbose=0)
+    assert summary["resumed_from_epoch"] == 1
+    assert summary["optimizer_steps"] == 8
+
+
+def test_fine_tuning_from_an_authors_checkpoint_with_other_classes_and_size(tiny_run, digits_dir, tmp_path, capsys):
+    # The tiny run's weights as an authors' .pth.tar (timm's container), then 5 classes at 48 pixels.
+    torch = pytest.importorskip("torch")
+    from keras_t2t import model_state_dict
+
+    out, _ = tiny_run
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model_state_dict(model).items()}
+    checkpoint = tmp_path / "mini.pth.tar"
+    torch.save({"state_dict": state, "state_dict_ema": state, "epoch": 1, "arch": "t2t_vit_mini"}, checkpoint)
+    five = tmp_path / "five"
+    for split in ("train", "val"):
+        for digit in range(5):
+            os.makedirs(five / split / str(digit))
+            source = os.path.join(digits_dir, split, str(digit))
+            for name in sorted(os.listdir(source))[:8]:
+                os.link(os.path.join(source, name), five / split / str(digit) / name)
+    args = ["--output-dir", str(tmp_path / "ft"), "--dataset", "folder", "--data-dir", str(five), "--recipe", "digits",
+            "--image-size", "48", "--weights", str(checkpoint), "--batch-size", "8", "--lr-base-batch", "8",
+            "--epochs", "1", "--cooldown-epochs", "0", "--warmup-epochs", "0", "--quiet"]
+    assert train_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "head not loaded" in printed and "10 classes, the model 5" in printed
+    assert "position table resized from a 8x8 to a 12x12 grid" in printed
+    with open(tmp_path / "ft" / "summary.json") as handle:
+        assert json.load(handle)["num_classes"] == 5
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset", "imagenet_2012"], "Unknown dataset 'imagenet_2012'"),
+    (["--dataset", "folder", "--data-dir", ""], "--dataset folder needs --data-dir"),
+    (["--model", "t2t_vit_99"], "Unknown model 't2t_vit_99'"),
+    (["--batch-size", "4096"], "larger than the 128 training images"),
+])
+def test_bad_input_fails_before_any_work(extra, message, digits_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_cli.main(["--output-dir", str(out), "--data-dir", digits_dir] + TINY + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "recipe.json").exists()
+
+
+def test_an_empty_data_folder_fails_before_any_work(tmp_path, capsys):
+    os.makedirs(tmp_path / "empty" / "train")
+    os.makedirs(tmp_path / "empty" / "val")
+    args = ["--output-dir", str(tmp_path / "out"), "--dataset", "folder", "--data-dir", str(tmp_path / "empty")]
+    assert train_cli.main(args + TINY) == 2
+    assert "has no class sub-folders" in capsys.readouterr().err
+
+
+def test_eval_only_needs_weights(tmp_path):
+    with pytest.raises(SystemExit):
+        train_cli.main(["--output-dir", str(tmp_path), "--eval-only"])
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_is_refused(digits_dir, tmp_path):
+    three = Distribution(keras.backend.backend(), "mirrored", 3, ["a", "b", "c"])
+    recipe = dataclasses.replace(DIGITS, data_dir=digits_dir, batch_size=64)
+    with pytest.raises(ValueError, match=r"global batch size 64 does not split over 3 replicas.*multiple of 3"):
+        train(recipe, str(tmp_path / "out"), distribution=three)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_folder_of_another_model_or_recipe_is_refused(tiny_run, digits_dir, capsys):
+    out, _ = tiny_run
+    assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir, "--model", "t2t_vit_7"] + TINY) == 2
+    assert "holds a run of another model (t2t_vit_mini, 32px, 10 classes)" in capsys.readouterr().err
+    assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir, "--lr", "0.5"] + TINY) == 2
+    assert "holds a run with another recipe (lr: 0.002 -> 0.5)" in capsys.readouterr().err
+
+
+def test_torch_states_its_single_device():
+    if keras.backend.backend() != "torch":
+        pytest.skip("the PyTorch backend's device statement")
+    from keras_t2t.training import setup_distribution
+
+    assert "single device" in setup_distribution().describe()
+    with pytest.raises(ValueError, match="needs the TensorFlow or JAX backend"):
+        setup_distribution(cpu_replicas=2)
+
+
+def test_mixed_bfloat16_training_has_no_nan(digits_dir, tmp_path):
+    recipe = dataclasses.replace(DIGITS, data_dir=digits_dir, precision="mixed_bfloat16", train_limit=128,
+                                 val_limit=32, batch_size=32, lr_base_batch=32, epochs=2, cooldown_epochs=0,
+                                 warmup_epochs=0)
+    losses = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            losses.append(float(logs["loss"]))
+
+    model, summary = train(recipe, str(tmp_path), verbose=0, callbacks=[Record()])
+    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
+    assert math.isfinite(summary["val_loss"]) and summary["precision"] == "mixed_bfloat16"
+    assert model.get_layer("blocks_0").compute_dtype == "bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
