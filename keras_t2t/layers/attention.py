@@ -28,7 +28,7 @@ import contextlib
 import keras
 from keras import ops
 
-from keras_t2t.layers.common import PACKAGE, dense
+from keras_t2t.layers.common import PACKAGE, ConfigFields, dense
 
 FAST = "fast"
 EXPORT = "export"
@@ -188,7 +188,7 @@ def chunked_attention(q, k, v, scale, query_chunk_size=None, tracing=FAST):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MultiHeadSelfAttention(AttentionTracing, keras.layers.Layer):
+class MultiHeadSelfAttention(ConfigFields, AttentionTracing, keras.layers.Layer):
     """The backbone attention: fused qkv (order q, k, v), heads, softmax, proj.
 
     Subclasses that project q, k and v another way override ``project_qkv``
@@ -250,13 +250,4 @@ class MultiHeadSelfAttention(AttentionTracing, keras.layers.Layer):
         out = attend(q, k, v, self.scale, self.tracing, dropout=self.attn_drop, training=training)
         return self.proj_drop(self.proj(merge_heads(out)), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_heads=self.num_heads,
-            qkv_bias=self.qkv_bias,
-            qk_scale=self.qk_scale,
-            attn_dropout=self.attn_dropout,
-            proj_dropout=self.proj_dropout,
-        )
-        return config
+    CONFIG_FIELDS = ("num_heads", "qkv_bias", "qk_scale", "attn_dropout", "proj_dropout")

@@ -36,3 +36,18 @@ def dense(units, name, use_bias=True, dtype=None):
 def layer_norm(name, dtype=None):
     """A ``LayerNormalization`` with PyTorch's epsilon (``LAYER_NORM_EPSILON``)."""
     return keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
+
+
+class ConfigFields:
+    """Mixin for layers: ``get_config`` adds the attributes named in ``CONFIG_FIELDS``.
+
+    Each name is a constructor keyword stored under the same attribute name; a
+    subclass that adds keywords extends its parent's tuple.
+    """
+
+    CONFIG_FIELDS = ()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: getattr(self, name) for name in self.CONFIG_FIELDS})
+        return config

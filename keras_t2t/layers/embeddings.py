@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_t2t.layers.common import PACKAGE, truncated_normal
+from keras_t2t.layers.common import PACKAGE, ConfigFields, truncated_normal
 
 
 def sinusoid_table(num_positions, dim):
@@ -75,7 +75,7 @@ POOLINGS = ("token", "avg")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TokenPooling(keras.layers.Layer):
+class TokenPooling(ConfigFields, keras.layers.Layer):
     """Sequence -> one vector: the class token ("token") or the mean of the patch tokens ("avg")."""
 
     def __init__(self, mode="token", **kwargs):
@@ -93,14 +93,11 @@ class TokenPooling(keras.layers.Layer):
             return x[:, 0]
         return ops.mean(x[:, 1:], axis=1)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(mode=self.mode)
-        return config
+    CONFIG_FIELDS = ("mode",)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class PatchEmbedding(keras.layers.Layer):
+class PatchEmbedding(ConfigFields, keras.layers.Layer):
     """Non-overlapping ``p x p`` patches -> tokens ``(B, (H/p) * (W/p), D)``, row-major.
 
     A ``Conv2D`` with kernel = stride = ``patch_size`` (``proj``, as timm names it):
@@ -139,10 +136,7 @@ class PatchEmbedding(keras.layers.Layer):
         x = self.proj(images)
         return ops.reshape(x, (-1, x.shape[1] * x.shape[2], self.embed_dim))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(patch_size=self.patch_size, embed_dim=self.embed_dim)
-        return config
+    CONFIG_FIELDS = ("patch_size", "embed_dim")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

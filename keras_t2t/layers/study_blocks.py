@@ -23,7 +23,7 @@ import keras
 from keras import ops
 
 from keras_t2t.layers.attention import MultiHeadSelfAttention, split_heads
-from keras_t2t.layers.common import PACKAGE, dense
+from keras_t2t.layers.common import PACKAGE, ConfigFields, dense
 from keras_t2t.layers.transformer import TransformerBlock
 
 # The reference's SELayer default: the squeeze keeps width // 16 channels.
@@ -33,7 +33,7 @@ GHOST_MLP_RATIO = 3.0
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SqueezeExcite(keras.layers.Layer):
+class SqueezeExcite(ConfigFields, keras.layers.Layer):
     """SENet channel attention on tokens: ``x * sigmoid(W2 relu(W1 mean_over_tokens(x)))``.
 
     ``W1`` (``reduce``, width -> width // reduction) and ``W2`` (``expand``) have
@@ -68,10 +68,7 @@ class SqueezeExcite(keras.layers.Layer):
         gate = ops.sigmoid(self.expand(ops.relu(self.reduce(pooled))))
         return x * ops.expand_dims(gate, 1)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(reduction=self.reduction)
-        return config
+    CONFIG_FIELDS = ("reduction",)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -102,10 +99,7 @@ class SEAttention(MultiHeadSelfAttention):
         x = super().call(x, training=training)
         return self.se_drop(self.se_layer(x), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(se_reduction=self.se_reduction)
-        return config
+    CONFIG_FIELDS = MultiHeadSelfAttention.CONFIG_FIELDS + ("se_reduction",)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -175,7 +169,7 @@ class GhostAttention(MultiHeadSelfAttention):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class GhostMlp(keras.layers.Layer):
+class GhostMlp(ConfigFields, keras.layers.Layer):
     """Ghost MLP: ``h = GELU(fc1(x))`` (width -> width), two cheap copies ``GELU(cheap(h))``,
     ``[h, copy2, copy3]`` -> dropout -> fc2 (3 x width -> output) -> dropout."""
 
@@ -209,10 +203,7 @@ class GhostMlp(keras.layers.Layer):
         x = self.hidden_drop(ops.concatenate([hidden] + ghosts, axis=-1), training=training)
         return self.output_drop(self.fc2(x), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(output_dim=self.output_dim, dropout=self.dropout)
-        return config
+    CONFIG_FIELDS = ("output_dim", "dropout")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -227,10 +218,7 @@ class SEBlock(TransformerBlock):
     def make_attention(self):
         return SEAttention(self.num_heads, se_reduction=self.se_reduction, **self.attention_kwargs())
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(se_reduction=self.se_reduction)
-        return config
+    CONFIG_FIELDS = TransformerBlock.CONFIG_FIELDS + ("se_reduction",)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -279,10 +267,7 @@ class DenseBlock(TransformerBlock):
         new = self.dense_linear(super().call(x, training=training))
         return ops.concatenate([x, new], axis=-1)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(growth_rate=self.growth_rate)
-        return config
+    CONFIG_FIELDS = TransformerBlock.CONFIG_FIELDS + ("growth_rate",)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

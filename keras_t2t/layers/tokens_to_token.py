@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_t2t.layers.attention import AttentionTracing, chunked_attention
-from keras_t2t.layers.common import PACKAGE, dense, layer_norm
+from keras_t2t.layers.common import PACKAGE, ConfigFields, dense, layer_norm
 from keras_t2t.layers.transformer import Mlp
 
 # The reference's performer adds this to the normaliser D (spec section 3).
@@ -46,7 +46,7 @@ def _unfold_indices(padded_height, padded_width, kernel_size, strides):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SoftSplit(keras.layers.Layer):
+class SoftSplit(ConfigFields, keras.layers.Layer):
     """Soft split: every ``k x k`` window (zero padded) becomes one token.
 
     Equivalent to ``torch.nn.Unfold``: input ``(B, H, W, C)`` channels-last,
@@ -99,15 +99,12 @@ class SoftSplit(keras.layers.Layer):
         patches = ops.transpose(patches, (0, 1, 3, 2))
         return ops.reshape(patches, (-1, gh * gw, channels * k * k))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(kernel_size=self.kernel_size, strides=self.strides, padding=self.padding)
-        return config
+    CONFIG_FIELDS = ("kernel_size", "strides", "padding")
 
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TokenPerformer(keras.layers.Layer):
+class TokenPerformer(ConfigFields, keras.layers.Layer):
     """The "performer" T2T layer: single-head linear attention with random features.
 
     Quirks kept for checkpoint compatibility: the fused projection splits as
@@ -179,14 +176,11 @@ class TokenPerformer(keras.layers.Layer):
         y = v + self.proj_drop(self.proj(y), training=training)
         return y + self.mlp(self.norm2(y), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(token_dim=self.token_dim, kernel_ratio=self.kernel_ratio, dropout=self.dropout)
-        return config
+    CONFIG_FIELDS = ("token_dim", "kernel_ratio", "dropout")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TokenTransformer(AttentionTracing, keras.layers.Layer):
+class TokenTransformer(ConfigFields, AttentionTracing, keras.layers.Layer):
     """The "transformer" T2T layer (T2T-ViT_t): one-head softmax attention.
 
     Quirk kept for checkpoint compatibility: the attention scale is
@@ -260,16 +254,7 @@ class TokenTransformer(AttentionTracing, keras.layers.Layer):
         y = v + self.proj_drop(self.proj(attended), training=training)
         return y + self.mlp(self.norm2(y), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            token_dim=self.token_dim,
-            mlp_ratio=self.mlp_ratio,
-            dropout=self.dropout,
-            attention_chunk_size=self.attention_chunk_size,
-            attention_chunk_threshold=self.attention_chunk_threshold,
-        )
-        return config
+    CONFIG_FIELDS = ("token_dim", "mlp_ratio", "dropout", "attention_chunk_size", "attention_chunk_threshold")
 
 
 def restructurization(tokens, grid):

@@ -9,11 +9,11 @@ import keras
 from keras import ops
 
 from keras_t2t.layers.attention import MultiHeadSelfAttention
-from keras_t2t.layers.common import PACKAGE, dense, layer_norm
+from keras_t2t.layers.common import PACKAGE, ConfigFields, dense, layer_norm
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Mlp(keras.layers.Layer):
+class Mlp(ConfigFields, keras.layers.Layer):
     """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout."""
 
     def __init__(self, hidden_dim, output_dim, hidden_dropout=0.0, dropout=0.0, **kwargs):
@@ -41,20 +41,12 @@ class Mlp(keras.layers.Layer):
         x = self.hidden_drop(x, training=training)
         return self.output_drop(self.fc2(x), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            hidden_dim=self.hidden_dim,
-            output_dim=self.output_dim,
-            hidden_dropout=self.hidden_dropout,
-            dropout=self.dropout,
-        )
-        return config
+    CONFIG_FIELDS = ("hidden_dim", "output_dim", "hidden_dropout", "dropout")
 
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class DropPath(keras.layers.Layer):
+class DropPath(ConfigFields, keras.layers.Layer):
     """Stochastic depth: drops the whole residual branch per sample in training."""
 
     def __init__(self, rate=0.0, seed=None, **kwargs):
@@ -77,15 +69,12 @@ class DropPath(keras.layers.Layer):
         noise = keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype)
         return x / keep * ops.floor(keep + noise)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(rate=self.rate, seed=self.seed)
-        return config
+    CONFIG_FIELDS = ("rate", "seed")
 
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(ConfigFields, keras.layers.Layer):
     """Pre-norm ViT block: x + drop_path(attn(norm1(x))), x + drop_path(mlp(norm2(x)))."""
 
     def __init__(
@@ -156,15 +145,4 @@ class TransformerBlock(keras.layers.Layer):
         x = x + self.drop_path_layer(self.attn(self.norm1(x), training=training), training=training)
         return x + self.drop_path_layer(self.mlp(self.norm2(x), training=training), training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias,
-            qk_scale=self.qk_scale,
-            dropout=self.dropout,
-            attn_dropout=self.attn_dropout,
-            drop_path=self.drop_path,
-        )
-        return config
+    CONFIG_FIELDS = ("num_heads", "mlp_ratio", "qkv_bias", "qk_scale", "dropout", "attn_dropout", "drop_path")
