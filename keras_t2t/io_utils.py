@@ -7,13 +7,19 @@ Single files go through ``write_atomic`` (``write_text_atomic``,
 ``write_json_atomic``); a writer that must create the file or folder itself (a
 converter, a SavedModel) gets a path from ``atomic_temp_path`` and finishes with
 ``install_atomic``.
+
+``check_output_folder`` tells before any work whether an output folder can be
+written; ``remove_stale_temporaries`` deletes the temporaries a killed writer
+left behind.
 """
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 
 
 def _umask():
@@ -113,3 +119,85 @@ def remove_path(path):
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def check_output_folder(path, what="--output-dir"):
+    """Raises ValueError (one line) unless ``path`` is a folder, or can become one, that this process can write.
+
+    Nothing is created: the nearest existing folder on the way is probed with an
+    empty hidden folder made and removed at once (permission bits alone do not
+    tell: root writes anywhere except on read-only mounts, /proc and /sys).
+    Returns the absolute path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "exists and is" if existing == path else f"cannot be created: {existing!r} is"
+        raise ValueError(f"{what} {path!r} {where} a file, not a folder.")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-check-"))
+    except OSError as error:
+        raise ValueError(
+            f"{what} {path!r} cannot be written: nothing can be created in {existing!r} "
+            f"({error.strerror or error})."
+        ) from None
+    return path
+
+
+def _pattern_regex(pattern):
+    parts = pattern.split("{pid}")
+    if len(parts) > 2:
+        raise ValueError(f"pattern {pattern!r} holds {{pid}} more than once")
+    regex = ["".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in part) for part in parts]
+    return re.compile(r"(?P<pid>\d+)".join(regex) + r"\Z", re.DOTALL)
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process (EPERM), or no way to tell
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, patterns, older_than=3600.0):
+    """Deletes what killed writers left in ``folder`` (its own entries, files or folders); returns their paths.
+
+    ``patterns`` are name patterns (``*`` any text, ``?`` one character) of temporaries. Where
+    a pattern holds ``{pid}``, the digits there are the writer's process id and
+    the entry is stale once that process has ended (this process counts as
+    alive). An entry matched by a pattern without ``{pid}`` is stale once it is
+    ``older_than`` seconds old (``0`` when the caller knows that nobody else
+    writes in ``folder``, e.g. it holds a lock on it).
+    """
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    compiled = [(_pattern_regex(p), "{pid}" in p) for p in patterns]
+    now = time.time()
+    removed = []
+    for name in names:
+        path = os.path.join(folder, name)
+        for regex, has_pid in compiled:
+            match = regex.match(name)
+            if not match:
+                continue
+            if has_pid:
+                stale = not _process_alive(int(match.group("pid")))
+            else:
+                try:
+                    stale = now - os.lstat(path).st_mtime >= older_than
+                except FileNotFoundError:
+                    stale = False
+            if stale:
+                remove_path(path)
+                removed.append(path)
+            break
+    return removed

@@ -12,7 +12,8 @@
 Every recipe field (keras_t2t.training.Recipe) is a flag; the defaults are the
 paper's recipe, or the light digits recipe with the built-in digits. The
 resolved recipe is printed and saved as recipe.json. Re-running a command with
-the same --output-dir resumes it after its last completed epoch.
+the same --output-dir resumes it after its last completed epoch; re-running a
+finished one says so and changes nothing.
 """
 
 import argparse
@@ -23,7 +24,8 @@ import sys
 # Runs from a checkout without installing too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_t2t.training.recipe import PRESETS, Recipe  # noqa: E402
+# keras_t2t imports Keras, which fails on an unknown backend: the check comes first (main).
+BACKENDS = ("tensorflow", "jax", "torch")
 
 # timm's flag names for the same fields, accepted as aliases.
 ALIASES = {
@@ -62,6 +64,8 @@ def _flag(name):
 
 
 def build_parser():
+    from keras_t2t.training.recipe import PRESETS, Recipe
+
     parser = argparse.ArgumentParser(
         prog="train.py",
         description=__doc__.split("\n\n")[0],
@@ -80,7 +84,11 @@ def build_parser():
     run.add_argument("--eval-only", action="store_true", help="validate --weights and write summary.json; no training")
     run.add_argument("--no-download", action="store_true", help="fail instead of downloading a TFDS dataset")
     run.add_argument("--verify-images", action="store_true",
-                     help="decode every image of a folder before training (default: check file headers only)")
+                     help="decode every image of a folder again (by default each is decoded once before training "
+                          "and the result kept for the next runs, by file size and modification time)")
+    run.add_argument("--skip-bad-images", action="store_true",
+                     help="train without the images that do not decode (counted in the output and summary.json) "
+                          "instead of refusing them")
     run.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     run.add_argument("--quiet", action="store_true", help="one line per epoch instead of the progress bar")
     run.add_argument("--keep-freed-memory", action="store_true",
@@ -104,6 +112,8 @@ def build_parser():
 
 
 def recipe_from_args(args):
+    from keras_t2t.training.recipe import PRESETS, Recipe
+
     preset = args.recipe or ("digits" if (args.dataset or "digits") == "digits" else "paper")
     base = PRESETS[preset]
     overrides = {
@@ -130,6 +140,11 @@ def _backend_name():
 
 
 def main(argv=None):
+    backend = _backend_name()
+    if backend not in BACKENDS:
+        print(f"error: unknown Keras backend {backend!r} (KERAS_BACKEND or keras.json); training runs on "
+              f"{', '.join(BACKENDS)}.", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.dataset is None and args.recipe == "paper":
@@ -150,6 +165,13 @@ def main(argv=None):
 
         print(json.dumps(recipe.to_dict(), indent=2))
         return 0
+    from keras_t2t.io_utils import check_output_folder
+
+    try:
+        check_output_folder(args.output_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     if args.keep_freed_memory:
         from keras_t2t.allocator import keep_freed_memory
@@ -163,7 +185,7 @@ def main(argv=None):
 
     from keras_t2t.training.distribute import prepare_environment
 
-    prepare_environment(_backend_name(), args.cpu_replicas)
+    prepare_environment(backend, args.cpu_replicas)
 
     from keras_t2t.training import trainer
     from keras_t2t.training.distribute import setup_distribution
@@ -180,6 +202,7 @@ def main(argv=None):
             verbose=2 if args.quiet else 1,
             download=not args.no_download,
             verify_images=args.verify_images,
+            skip_bad_images=args.skip_bad_images,
         )
         return 0
 

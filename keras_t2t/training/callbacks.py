@@ -2,21 +2,21 @@
 
 Usable with any ``model.fit``. File writes are atomic (write to a temporary
 name, then ``os.replace``) so a run killed at any moment leaves either the old
-or the new file, never half of one.
+or the new file, never half of one; the resume state is one unit
+(``keras_t2t.training.resume``).
 """
 
 import contextlib
-import json
 import os
 import time
 
 import keras
 import numpy as np
 
-from keras_t2t.io_utils import write_json_atomic
+from keras_t2t.training.resume import LEGACY_WEIGHTS, STATE_FILE, read_state, save_state
 
-RESUME_WEIGHTS = "train_state.weights.h5"
-RESUME_STATE = "train_state.json"
+RESUME_WEIGHTS = LEGACY_WEIGHTS  # the name before the state named its weights file (resume.save_state)
+RESUME_STATE = STATE_FILE
 
 
 def _inner_optimizer(optimizer):
@@ -106,30 +106,42 @@ class ModelExporter:
 class TrainingState(keras.callbacks.Callback):
     """After every epoch: the resume state (weights + optimizer, epoch, steps), last and best weights.
 
-    ``output_dir/resume/train_state.weights.h5`` holds everything ``model.fit``
-    needs to continue (the optimizer's step count sets the schedule position);
-    ``last.weights.h5`` and ``best.weights.h5`` hold the evaluated weights (EMA
-    when on) of the last and of the best-``monitor`` epoch.
+    ``output_dir/resume/`` holds everything ``model.fit`` needs to continue (the
+    optimizer's step count sets the schedule position), committed as one unit by
+    ``resume.save_state``; ``last.weights.h5`` and ``best.weights.h5`` hold the
+    evaluated weights (EMA when on) of the last and of the best-``monitor``
+    epoch. With a ``Throughput`` callback (placed before this one), the state
+    also keeps the training seconds and images/s of every epoch, across resumes.
     """
 
-    def __init__(self, output_dir, fingerprint, exporter, monitor="val_top1", is_chief=True):
+    def __init__(self, output_dir, fingerprint, exporter, monitor="val_top1", is_chief=True, throughput=None):
         super().__init__()
         self.output_dir = output_dir
         self.fingerprint = fingerprint
         self.exporter = exporter
         self.monitor = monitor
         self.is_chief = is_chief
+        self.throughput = throughput
         self.best = -np.inf
-        previous = read_state(output_dir)
-        if previous and previous.get("best") is not None:
+        previous = read_state(output_dir) or {}
+        if previous.get("best") is not None:
             self.best = previous["best"]
+        # What the epochs before this process measured.
+        self.previous_seconds = float(previous.get("train_seconds", 0.0))
+        self.previous_rates = [float(r) for r in previous.get("epoch_images_per_second", [])]
+
+    def train_seconds(self):
+        """Training seconds of every epoch of the run so far, the resumed ones included."""
+        return self.previous_seconds + (self.throughput.train_seconds if self.throughput else 0.0)
+
+    def epoch_rates(self):
+        """Training images/s of every epoch of the run so far, the resumed ones included."""
+        return self.previous_rates + (list(self.throughput.epoch_rates) if self.throughput else [])
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.is_chief:
             return
         logs = logs or {}
-        resume_dir = os.path.join(self.output_dir, "resume")
-        os.makedirs(resume_dir, exist_ok=True)
         value = logs.get(self.monitor)
         improved = value is not None and float(value) > self.best
         with ema_weights(self.model):
@@ -137,7 +149,6 @@ class TrainingState(keras.callbacks.Callback):
             if improved:
                 self.best = float(value)
                 self.exporter.save_weights(self.model, os.path.join(self.output_dir, "best.weights.h5"))
-        save_weights_atomic(self.model, os.path.join(resume_dir, RESUME_WEIGHTS))
         state = dict(
             self.fingerprint,
             epoch=epoch + 1,
@@ -145,16 +156,10 @@ class TrainingState(keras.callbacks.Callback):
             best=None if self.best == -np.inf else self.best,
             best_metric=self.monitor,
             time=time.time(),
+            train_seconds=self.train_seconds(),
+            epoch_images_per_second=self.epoch_rates(),
         )
-        write_json_atomic(os.path.join(resume_dir, RESUME_STATE), state)
-
-
-def read_state(output_dir):
-    path = os.path.join(output_dir, "resume", RESUME_STATE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        save_state(self.model, self.output_dir, state)
 
 
 class Throughput(keras.callbacks.Callback):

@@ -4,8 +4,9 @@ Three sources, one pipeline: an ImageNet-style folder (``train/<class>/*``,
 ``val/<class>/*``, the authors' layout), any TensorFlow Datasets name, and the
 built-in digits, written once as such a folder and read like a user's. Every
 check (missing or empty folders, classes that differ between splits, files that
-are not images, an unknown dataset name) runs in ``resolve_data``, before a
-model is built.
+are not images or do not decode, an unknown dataset name) runs in
+``resolve_data``, before a model is built: every image of a folder is decoded
+once (``image_check``, remembered for the next runs).
 
 Images travel as encoded bytes until the training map decodes them (JPEGs
 decode only their random crop); the bytes are cached in memory when they fit.
@@ -20,6 +21,7 @@ import warnings
 import numpy as np
 
 from keras_t2t.evaluation import list_image_folder
+from keras_t2t.training.image_check import find_bad_images
 
 # Formats tf.io.decode_image reads, by their first bytes.
 _MAGIC = (
@@ -49,6 +51,7 @@ class DataSource:
     tfds_builder: object = None
     train_split: str = ""
     val_split: str = ""
+    skipped: tuple = ()  # (path, reason) of the bad images left out (skip_bad_images)
 
     @property
     def num_classes(self):
@@ -56,9 +59,10 @@ class DataSource:
 
     def describe(self):
         where = self.root or self.name
+        left_out = f"; {len(self.skipped)} bad images left out" if self.skipped else ""
         return (
             f"{self.name} ({self.kind}, {where}): {self.num_classes} classes, "
-            f"{self.num_train} training and {self.num_val} validation images"
+            f"{self.num_train} training and {self.num_val} validation images{left_out}"
         )
 
     def examples(self, split, limit=0, shuffle_seed=None):
@@ -112,11 +116,11 @@ def _sniff(path):
     return "is not a JPEG, PNG, GIF, BMP or WebP image"
 
 
-def check_image_files(paths, verify=False, workers=8):
-    """Raises ValueError listing files that TensorFlow cannot decode.
+def unusable_images(paths, verify=False, workers=8):
+    """``[(path, reason)]`` of the files whose first bytes are not an image TensorFlow reads.
 
-    By default only the first bytes are read (cheap for a million files);
-    ``verify`` fully decodes every image with Pillow.
+    Only the first bytes are read (cheap for a million files); ``verify`` also
+    decodes each with Pillow (``image_check`` decodes with TensorFlow's decoders).
     """
     def check(path):
         problem = _sniff(path)
@@ -131,18 +135,35 @@ def check_image_files(paths, verify=False, workers=8):
         return problem
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        problems = [(p, r) for p, r in zip(paths, pool.map(check, paths, chunksize=256)) if r]
+        return [(p, r) for p, r in zip(paths, pool.map(check, paths, chunksize=256)) if r]
+
+
+def _refuse(problems, total):
+    shown = "\n".join(f"  {p}: {r}" for p, r in problems[:10])
+    more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    raise ValueError(
+        f"{len(problems)} of {total} image files cannot be used:\n{shown}{more}\n"
+        "Remove or convert them (TensorFlow decodes JPEG, PNG, GIF, BMP and WebP), or train without them "
+        "(--skip-bad-images; keras_t2t.training.train(..., skip_bad_images=True))."
+    )
+
+
+def check_image_files(paths, verify=False, workers=8):
+    """Raises ValueError listing the files ``unusable_images`` finds."""
+    problems = unusable_images(paths, verify=verify, workers=workers)
     if problems:
-        shown = "\n".join(f"  {p}: {r}" for p, r in problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ValueError(
-            f"{len(problems)} of {len(paths)} image files cannot be used:\n{shown}{more}\n"
-            "Remove or convert them (TensorFlow decodes JPEG, PNG, GIF, BMP and WebP)."
-        )
+        _refuse(problems, len(paths))
 
 
-def scan_image_folder(root, verify_images=False):
-    """Checks ``root/train/<class>/*`` and ``root/val/<class>/*``; returns a folder DataSource."""
+def scan_image_folder(root, verify_images=False, skip_bad_images=False):
+    """Checks ``root/train/<class>/*`` and ``root/val/<class>/*``; returns a folder DataSource.
+
+    Every image is decoded once, with TensorFlow's decoders; the result is kept
+    per class folder (by file names, sizes and modification times) so a second
+    scan decodes only what changed, unless ``verify_images`` asks to decode all
+    again. Files that are not images or do not decode are an error naming them,
+    or with ``skip_bad_images`` are left out (``DataSource.skipped``).
+    """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise ValueError(f"Data folder {root!r} does not exist or is not a folder.")
@@ -174,7 +195,19 @@ def scan_image_folder(root, verify_images=False):
             stacklevel=2,
         )
     all_paths = splits["train"][0] + splits["val"][0]
-    check_image_files(all_paths, verify=verify_images)
+    problems = unusable_images(all_paths)
+    headers_bad = {p for p, _ in problems}
+    decoded = find_bad_images(root, [p for p in all_paths if p not in headers_bad], refresh=verify_images)
+    problems = sorted(problems + list(decoded.items()))
+    if problems and not skip_bad_images:
+        _refuse(problems, len(all_paths))
+    bad = {p for p, _ in problems}
+    for split in ("train", "val"):
+        paths, labels, names = splits[split]
+        kept = [(p, y) for p, y in zip(paths, labels) if p not in bad]
+        if not kept:
+            raise ValueError(f"No image of {root}/{split} decodes ({len(paths)} bad); nothing to train or validate on.")
+        splits[split] = ([p for p, _ in kept], [y for _, y in kept], names)
     train_bytes = sum(os.path.getsize(p) for p in splits["train"][0])
     return DataSource(
         name=os.path.basename(root) or root,
@@ -186,6 +219,7 @@ def scan_image_folder(root, verify_images=False):
         root=root,
         train_files=(tuple(splits["train"][0]), tuple(splits["train"][1])),
         val_files=(tuple(splits["val"][0]), tuple(splits["val"][1])),
+        skipped=tuple(problems),
     )
 
 
@@ -247,8 +281,11 @@ def _tfds_prepared(builder):
         return tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json"))
 
 
-def resolve_data(recipe, download=True, verify_images=False):
-    """The recipe's dataset, checked: ``digits``, ``folder`` (``recipe.data_dir``) or a TFDS name."""
+def resolve_data(recipe, download=True, verify_images=False, skip_bad_images=False):
+    """The recipe's dataset, checked: ``digits``, ``folder`` (``recipe.data_dir``) or a TFDS name.
+
+    Folders are checked by ``scan_image_folder`` (``verify_images``, ``skip_bad_images``).
+    """
     from keras_t2t.data.digits import default_digits_dir, write_digits_folder
 
     dataset = recipe.dataset
@@ -256,13 +293,13 @@ def resolve_data(recipe, download=True, verify_images=False):
         if recipe.image_size % 8:
             raise ValueError(f"The digits are 8x8 scans: image_size must be a multiple of 8; got {recipe.image_size}.")
         root = write_digits_folder(recipe.data_dir or default_digits_dir(), image_size=32)
-        source = scan_image_folder(root, verify_images=verify_images)
+        source = scan_image_folder(root, verify_images=verify_images, skip_bad_images=skip_bad_images)
         source.name = "digits"
         return source
     if dataset == "folder":
         if not recipe.data_dir:
             raise ValueError("--dataset folder needs --data-dir DIR (with DIR/train/<class>/* and DIR/val/<class>/*).")
-        return scan_image_folder(recipe.data_dir, verify_images=verify_images)
+        return scan_image_folder(recipe.data_dir, verify_images=verify_images, skip_bad_images=skip_bad_images)
     return _tfds_source(dataset, recipe.data_dir, recipe.manual_dir, recipe.train_split, recipe.val_split, download)
 
 

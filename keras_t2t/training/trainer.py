@@ -5,7 +5,9 @@ Nothing here knows which model or dataset it trains: those are recipe fields.
 Files in ``output_dir``::
 
     recipe.json              the resolved recipe (written before training)
-    resume/                  per-epoch state to continue a killed run (weights + optimizer)
+    resume/                  per-epoch state to continue a killed run (weights + optimizer), one unit
+                             (keras_t2t.training.resume)
+    .lock                    held while a run works in the folder
     last.weights.h5          evaluated (EMA when on) weights after the last epoch
     best.weights.h5          ... of the epoch with the best val_top1
     model.keras              the final model (evaluated weights), for keras.saving.load_model
@@ -22,10 +24,11 @@ import keras
 
 from keras_t2t.training import callbacks as cb
 from keras_t2t.training import data as data_lib
+from keras_t2t.training import resume
 from keras_t2t.training.distribute import make_train_input, setup_distribution, shard_validation
 from keras_t2t.training.optimizers import build_optimizer, build_schedule
 from keras_t2t.builders import create_model, list_models
-from keras_t2t.io_utils import write_json_atomic
+from keras_t2t.io_utils import check_output_folder, write_json_atomic
 from keras_t2t.models.presets import get_preset
 from keras_t2t.weights import load_any_weights
 from keras_t2t.training.recipe import Recipe
@@ -102,7 +105,7 @@ def fingerprint(recipe, source):
 
 def check_resume(output_dir, recipe, source):
     """The epoch to continue from (0 for a fresh run); a ValueError if the folder is another run's."""
-    state = cb.read_state(output_dir)
+    state = resume.read_state(output_dir)
     if state is None:
         return 0, None
     try:
@@ -143,13 +146,31 @@ def _print(verbose, *args):
         print(*args, flush=True)
 
 
+def finished_run(output_dir, recipe, state):
+    """The summary of the finished run in ``output_dir`` when ``state`` is its last epoch, else None."""
+    if state is None or int(state["epoch"]) < recipe.total_epochs:
+        return None
+    try:
+        with open(os.path.join(output_dir, "summary.json"), encoding="utf-8") as handle:
+            summary = json.load(handle)
+    except (OSError, ValueError):
+        return None  # killed after its last epoch, before the summary: the run finishes it
+    if not os.path.exists(os.path.join(output_dir, "model.keras")) or summary.get("eval_only"):
+        return None
+    return summary
+
+
 def train(recipe, output_dir, distribution=None, weights=None, eval_only=False, verbose=1, download=True,
-          verify_images=False, callbacks=()):
+          verify_images=False, callbacks=(), skip_bad_images=False):
     """Trains (or with ``eval_only`` validates) ``recipe``; returns ``(model, summary dict)``.
 
-    Every check (data, batch split, resume folder) runs before the model is
-    built. Re-running with the same ``output_dir`` resumes after the last
-    completed epoch with the same optimizer step count.
+    Every check (output folder, data, batch split, resume folder) runs before
+    the model is built. Re-running with the same ``output_dir`` resumes after
+    the last completed epoch with the same optimizer step count; re-running a
+    finished run changes nothing and returns its ``model.keras`` and summary.
+    Every image of a folder dataset is decoded before any work (``verify_images``:
+    again, not from the cache); bad images are an error, or with
+    ``skip_bad_images`` left out and counted.
     """
     recipe = recipe.resolved()
     if recipe.model not in model_names():
@@ -158,12 +179,11 @@ def train(recipe, output_dir, distribution=None, weights=None, eval_only=False, 
         raise ValueError("eval_only needs weights (a checkpoint to validate).")
     if weights and not os.path.exists(weights):
         raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
-    output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"--output-dir {output_dir!r} exists and is not a folder.")
+    output_dir = check_output_folder(output_dir)
     distribution = distribution or setup_distribution()
     per_replica = distribution.check_batch_size(recipe.batch_size)
-    source = data_lib.resolve_data(recipe, download=download, verify_images=verify_images)
+    source = data_lib.resolve_data(recipe, download=download, verify_images=verify_images,
+                                   skip_bad_images=skip_bad_images)
     steps = data_lib.steps_per_epoch(source, recipe, recipe.batch_size) if not eval_only else 0
     initial_epoch, state = (0, None) if eval_only else check_resume(output_dir, recipe, source)
     os.makedirs(output_dir, exist_ok=True)
@@ -171,31 +191,44 @@ def train(recipe, output_dir, distribution=None, weights=None, eval_only=False, 
     # Non-chief workers of a multi-worker run write nothing to the shared folder.
     files_dir = output_dir if is_chief else os.path.join(output_dir, f".worker{distribution.worker_index}")
     os.makedirs(files_dir, exist_ok=True)
+    with resume.folder_lock(files_dir) as exclusive:
+        removed = resume.remove_leftovers(files_dir, exclusive)
+        if removed:
+            _print(verbose, f"removed {len(removed)} leftover(s) of an interrupted run: "
+                            + ", ".join(os.path.relpath(p, files_dir) for p in removed))
+        # Every worker reads the same shared folder, so all of them stop here or none does.
+        summary = None if eval_only else finished_run(output_dir, recipe, state)
+        if summary is not None:
+            _print(verbose, f"The run in {output_dir} is finished ({summary.get('epochs')} epochs, val_top1 "
+                            f"{summary.get('val_top1', float('nan')):.4f}); nothing was changed. Use another "
+                            "--output-dir for a new run.")
+            model = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
+            model.training_summary = summary
+            return model, summary
 
-    _print(verbose, f"backend {keras.backend.backend()}; {distribution.describe()}")
-    _print(verbose, f"data: {source.describe()}")
-    _print(verbose, f"global batch {recipe.batch_size} = {distribution.num_replicas} x {per_replica}; "
-                    f"{steps} steps per epoch; peak lr {recipe.scaled_lr():.3g} "
-                    f"({recipe.lr:g} x {recipe.batch_size}/{recipe.lr_base_batch})")
-    _print(verbose, "recipe:\n" + recipe.describe())
-    _print(verbose, "augmentation: " + recipe.augmentation_summary())
-    if is_chief and not eval_only:
-        write_json_atomic(os.path.join(output_dir, "recipe.json"), recipe.to_dict())
+        _print(verbose, f"backend {keras.backend.backend()}; {distribution.describe()}")
+        _print(verbose, f"data: {source.describe()}")
+        _print(verbose, f"global batch {recipe.batch_size} = {distribution.num_replicas} x {per_replica}; "
+                        f"{steps} steps per epoch; peak lr {recipe.scaled_lr():.3g} "
+                        f"({recipe.lr:g} x {recipe.batch_size}/{recipe.lr_base_batch})")
+        _print(verbose, "recipe:\n" + recipe.describe())
+        _print(verbose, "augmentation: " + recipe.augmentation_summary())
+        if is_chief and not eval_only:
+            write_json_atomic(os.path.join(output_dir, "recipe.json"), recipe.to_dict())
 
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(recipe.precision)
-    try:
-        return _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epoch, state, weights,
-                    eval_only, verbose, callbacks)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(recipe.precision)
+        try:
+            return _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epoch, state, weights,
+                        eval_only, verbose, callbacks)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epoch, state, weights, eval_only,
          verbose, extra_callbacks):
     keras.utils.set_random_seed(recipe.seed + 1000 * distribution.worker_index)
     val = shard_validation(distribution, data_lib.val_dataset(source, recipe, recipe.batch_size))
-    resume_weights = os.path.join(output_dir, "resume", cb.RESUME_WEIGHTS)
     with distribution.scope():
         model = build_model(recipe, source.num_classes, weights=None if initial_epoch else weights,
                             verbose=verbose)
@@ -204,7 +237,7 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
                       jit_compile=_jit(recipe))
         if initial_epoch:
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(resume_weights)
+            model.load_weights(resume.state_weights(output_dir, state))
             done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
             if done != initial_epoch * steps:
                 raise ValueError(
@@ -216,7 +249,7 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
     _print(verbose, f"model {recipe.model}: {model.count_params():,} weights, "
                     f"{len(model.trainable_variables)} trainable tensors; precision {recipe.precision}")
 
-    throughput = None
+    throughput = training_state = None
     if not eval_only:
         def build(batch_size, num_shards, shard_index):
             return data_lib.train_dataset(source, recipe, batch_size, num_shards, shard_index,
@@ -236,9 +269,9 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
                 callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), write_graph=False))
             else:
                 _print(verbose, "TensorBoard logs off: pip install tensorboard")
-        callbacks.append(
-            cb.TrainingState(files_dir, fingerprint(recipe, source), exporter, is_chief=distribution.is_chief)
-        )
+        training_state = cb.TrainingState(files_dir, fingerprint(recipe, source), exporter,
+                                          is_chief=distribution.is_chief, throughput=throughput)
+        callbacks.append(training_state)
         callbacks += list(extra_callbacks)
         start = time.perf_counter()
         model.fit(
@@ -274,8 +307,8 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
         "workers": distribution.num_workers,
         "distribution": distribution.kind,
         "global_batch_size": recipe.batch_size,
-        "train_images_per_second": throughput.images_per_second() if throughput else 0.0,
-        "train_seconds": throughput.train_seconds if throughput else 0.0,
+        "train_images_per_second": _images_per_second(throughput, training_state),
+        "train_seconds": training_state.train_seconds() if training_state else 0.0,
         "fit_seconds": fit_seconds,
         "resumed_from_epoch": initial_epoch,
         "backend": keras.backend.backend(),
@@ -286,6 +319,7 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
         "num_classes": source.num_classes,
         "num_train": source.num_train,
         "num_val": min(source.num_val, recipe.val_limit) if recipe.val_limit else source.num_val,
+        "skipped_images": len(source.skipped),
         "eval_only": bool(eval_only),
         "weights": os.path.abspath(weights) if weights else None,
         "ema": recipe.ema_decay > 0,
@@ -294,11 +328,20 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
         if not eval_only:
             exporter.save_model(model, os.path.join(output_dir, "model.keras"))
         # An evaluation in a training run's folder does not replace that run's summary.
-        name = "eval_summary.json" if eval_only and cb.read_state(output_dir) else "summary.json"
+        name = "eval_summary.json" if eval_only and resume.read_state(output_dir) else "summary.json"
         write_json_atomic(os.path.join(output_dir, name), summary)
     _print(verbose, json.dumps(summary, indent=2))
     model.training_summary = summary
     return model, summary
+
+
+def _images_per_second(throughput, training_state):
+    """This process's measurement when it trained; else (a run finished after a kill) the recorded epochs'."""
+    if throughput is not None and throughput.epoch_rates:
+        return throughput.images_per_second()
+    rates = training_state.epoch_rates() if training_state else []
+    rates = rates[1:] or rates  # the first epoch includes compilation
+    return float(sum(rates) / len(rates)) if rates else 0.0
 
 
 def main_guard(function):

@@ -170,16 +170,52 @@ def test_unreadable_images_are_named_before_training(tmp_path):
         resolve_data(dataclasses.replace(PAPER, dataset="folder", data_dir=root))
 
 
-def test_truncated_images_are_caught_by_verify(tmp_path):
+def _corrupt_jpeg_body(path, seed=0):
+    """Keeps a JPEG's headers (up to its scan) and fills the compressed scan data with noise."""
+    with open(path, "rb") as handle:
+        data = bytearray(handle.read())
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    data[start:-2] = np.random.default_rng(seed).integers(0, 256, len(data) - 2 - start, dtype=np.uint8).tobytes()
+    with open(path, "wb") as handle:
+        handle.write(bytes(data))
+
+
+def test_truncated_images_are_found_before_any_work(tmp_path):
     root = _folder(tmp_path / "d", {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}, fmt="JPEG")
     path = os.path.join(root, "train", "a", "0.jpg")
     with open(path, "rb") as handle:
         head = handle.read(200)
     with open(path, "wb") as handle:
         handle.write(head)
-    resolve_data(dataclasses.replace(PAPER, dataset="folder", data_dir=root))  # headers look fine
-    with pytest.raises(ValueError, match="0.jpg: does not decode"):
-        resolve_data(dataclasses.replace(PAPER, dataset="folder", data_dir=root), verify_images=True)
+    with pytest.raises(ValueError, match="1 of 6 image files cannot be used:\n.*0.jpg: does not decode"):
+        resolve_data(dataclasses.replace(PAPER, dataset="folder", data_dir=root))
+
+
+def test_a_jpeg_with_a_corrupt_body_is_found_and_the_check_is_remembered(tmp_path):
+    root = _folder(tmp_path / "d", {"train": {"a": 3, "b": 3}, "val": {"a": 2, "b": 2}}, size=(32, 32), fmt="JPEG")
+    recipe = dataclasses.replace(PAPER, dataset="folder", data_dir=root)
+    assert resolve_data(recipe).num_train == 6  # every image decodes; the result is kept in the folder
+    bad = os.path.join(root, "val", "b", "1.jpg")
+    stat = os.stat(bad)
+    _corrupt_jpeg_body(bad)
+    # The premise: the headers are intact, TensorFlow's full decode fails (training crashed on it mid-epoch).
+    assert tf.image.extract_jpeg_shape(tf.io.read_file(bad)).numpy().tolist() == [32, 32, 3]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(tf.io.read_file(bad), channels=3, expand_animations=False)
+    # Same size, same modification time: the remembered check stands (nothing is decoded again) ...
+    os.utime(bad, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert resolve_data(recipe).num_val == 4
+    # ... --verify-images decodes everything again, and a new modification time re-checks the folder.
+    message = r"1 of 10 image files cannot be used:\n  .*val/b/1.jpg: does not decode \(jpeg::Uncompress failed"
+    with pytest.raises(ValueError, match=message):
+        resolve_data(recipe, verify_images=True)
+    os.utime(bad, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=message + r"(.|\n)*--skip-bad-images"):
+        resolve_data(recipe)
+    source = resolve_data(recipe, skip_bad_images=True)
+    assert (source.num_train, source.num_val) == (6, 3) and bad not in source.val_files[0]
+    assert [p for p, _ in source.skipped] == [bad] and "1 bad images left out" in source.describe()
 
 
 def test_unknown_dataset_is_an_error_with_suggestions():

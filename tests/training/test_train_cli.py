@@ -6,6 +6,9 @@ import json
 import math
 import os
 import platform
+import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -61,8 +64,12 @@ def test_a_tiny_run_writes_summary_checkpoints_and_logs(tiny_run):
     assert summary["optimizer_steps"] == 4 and summary["backend"] == keras.backend.backend()
     assert summary["train_images_per_second"] > 0
     for name in ("recipe.json", "history.csv", "best.weights.h5", "last.weights.h5", "model.keras",
-                 "resume/train_state.json", "resume/train_state.weights.h5"):
+                 "resume/train_state.json"):
         assert os.path.exists(os.path.join(out, name)), name
+    with open(os.path.join(out, "resume", "train_state.json")) as handle:
+        state = json.load(handle)
+    assert (state["epoch"], state["optimizer_steps"]) == (1, 4)
+    assert sorted(os.listdir(os.path.join(out, "resume"))) == sorted(["train_state.json", state["weights_file"]])
     with open(os.path.join(out, "recipe.json")) as handle:
         assert json.load(handle)["train_limit"] == 128
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
@@ -103,12 +110,44 @@ def test_keep_freed_memory_is_applied_before_the_run(tiny_run, digits_dir, tmp_p
     assert printed.index("allocator:") < printed.index("recipe preset:")
 
 
-def test_rerunning_a_finished_run_resumes_without_more_steps(tiny_run, digits_dir):
+def _files(folder):
+    """{relative path: (mtime_ns, bytes)} of every file under ``folder``."""
+    found = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = (os.stat(path).st_mtime_ns, handle.read())
+    return found
+
+
+def test_rerunning_a_finished_run_says_so_and_changes_nothing(tiny_run, digits_dir, capsys):
     out, summary = tiny_run
+    before = _files(out)
     assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 0
+    assert f"The run in {out} is finished (1 epochs, val_top1" in capsys.readouterr().out
+    assert _files(out) == before  # no file rewritten: same contents, same modification times
     with open(os.path.join(out, "summary.json")) as handle:
-        again = json.load(handle)
-    assert again["resumed_from_epoch"] == 1 and again["optimizer_steps"] == summary["optimizer_steps"]
+        assert json.load(handle)["train_images_per_second"] == summary["train_images_per_second"] > 0
+
+
+def test_a_later_run_removes_what_a_killed_run_left(tiny_run, digits_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(tiny_run[0], out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftovers = [f".tmp-{dead.pid}-best.weights.h5", f"resume/.tmp-{dead.pid}-train_state.weights.h5",
+                 "resume/.train_state.json.x1y2z3.tmp", ".summary.json.a1b2c3.tmp",
+                 "resume/train_state-e0002-deadbeef.weights.h5"]
+    for name in leftovers:
+        with open(os.path.join(out, name), "wb") as handle:
+            handle.write(b"partial")
+    kept = _files(out)
+    assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 0
+    assert f"removed {len(leftovers)} leftover(s) of an interrupted run" in capsys.readouterr().out
+    for name in leftovers:
+        kept.pop(name)
+    assert _files(out) == kept
 
 
 class _Interrupt(Exception):
@@ -116,7 +155,8 @@ class _Interrupt(Exception):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="time budget: the TensorFlow session kills a real "
-                    "run (test_distributed), the JAX session resumes in the rerun test above")
+                    "run (test_distributed); test_resume resumes after a kill at each point of the save on every "
+                    "backend")
 def test_an_interrupted_run_resumes_with_the_uninterrupted_step_count(digits_dir, tmp_path):
     # 2 epochs of 4 steps = 8 optimizer steps uninterrupted; stop inside epoch 2, run again.
     recipe = dataclasses.replace(DIGITS, data_dir=digits_dir, train_limit=128, val_limit=32, batch_size=32,
@@ -182,6 +222,75 @@ def test_an_empty_data_folder_fails_before_any_work(tmp_path, capsys):
     args = ["--output-dir", str(tmp_path / "out"), "--dataset", "folder", "--data-dir", str(tmp_path / "empty")]
     assert train_cli.main(args + TINY) == 2
     assert "has no class sub-folders" in capsys.readouterr().err
+
+
+def test_a_corrupt_jpeg_is_refused_before_any_work_or_skipped_and_counted(digits_dir, tmp_path, capsys):
+    # 4 classes of 8 training and 4 validation digits, plus a JPEG with valid headers and a corrupt body in each
+    # split (TensorFlow stopped training on such a file mid-epoch; in val/ after the epoch was trained).
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split, count in (("train", 8), ("val", 4)):
+        for digit in range(4):
+            os.makedirs(root / split / str(digit))
+            source = os.path.join(digits_dir, split, str(digit))
+            for name in sorted(os.listdir(source))[:count]:
+                os.link(os.path.join(source, name), root / split / str(digit) / name)
+    bad = [root / "train" / "2" / "bad.jpg", root / "val" / "3" / "bad.jpg"]
+    zeros = os.path.join(digits_dir, "train", "0")
+    for path in bad:
+        Image.open(os.path.join(zeros, min(os.listdir(zeros)))).convert("RGB").save(path, "JPEG", quality=95)
+        with open(path, "r+b") as handle:
+            data = bytearray(handle.read())
+            sos = data.index(b"\xff\xda")
+            start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+            data[start:-2] = np.random.default_rng(0).integers(0, 256, len(data) - 2 - start, np.uint8).tobytes()
+            handle.seek(0)
+            handle.write(bytes(data))
+    args = ["--output-dir", str(tmp_path / "out"), "--dataset", "folder", "--data-dir", str(root), "--recipe", "digits",
+            "--batch-size", "8", "--lr-base-batch", "8", "--epochs", "1", "--cooldown-epochs", "0",
+            "--warmup-epochs", "0", "--quiet"]
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 of 50 image files cannot be used:" in err and "--skip-bad-images" in err
+    assert f"{bad[0]}: does not decode (jpeg::Uncompress failed" in err and f"{bad[1]}: does not decode" in err
+    assert not (tmp_path / "out" / "recipe.json").exists()
+    assert train_cli.main(args + ["--skip-bad-images"]) == 0
+    assert "32 training and 16 validation images; 2 bad images left out" in capsys.readouterr().out
+    with open(tmp_path / "out" / "summary.json") as handle:
+        summary = json.load(handle)
+    assert (summary["skipped_images"], summary["num_train"], summary["num_val"]) == (2, 32, 16)
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file", "cannot be created: '{parent}' is a file, not a folder."),
+    ("file_itself", "exists and is a file, not a folder."),
+    ("/sys/keras_t2t_run", "cannot be written: nothing can be created in '/sys'"),
+    ("/proc/keras_t2t_run/out", "cannot be written: nothing can be created in '/proc'"),
+])
+def test_an_unwritable_output_dir_fails_first_in_one_line(where, message, digits_dir, tmp_path, capsys):
+    # Root writes through permission bits, so the unwritable places are a path under a regular file and
+    # the kernel's file systems.
+    if where.startswith("/") and not os.path.isdir("/" + where.split("/")[1]):
+        pytest.skip(f"no /{where.split('/')[1]} here")
+    parent = tmp_path / "a_file"
+    parent.write_text("not a folder")
+    out = {"file": str(parent / "run"), "file_itself": str(parent)}.get(where, where)
+    assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --output-dir ") and "Traceback" not in err
+    assert message.format(parent=parent) in err
+    assert parent.read_text() == "not a folder"
+
+
+def test_an_unknown_keras_backend_is_one_line_naming_the_valid_ones(tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="bogus", PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "training", "train.py"), "--output-dir",
+                             str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert result.stderr == ("error: unknown Keras backend 'bogus' (KERAS_BACKEND or keras.json); training runs on "
+                             "tensorflow, jax, torch.\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_eval_only_needs_weights(tmp_path):
