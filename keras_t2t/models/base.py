@@ -6,6 +6,8 @@ position table and blocks, with the same final norm, pooling and head
 (``classifier_top``) and the same config mechanics (``CONFIG_KEYS``).
 """
 
+import difflib
+import inspect
 import math
 
 import keras
@@ -19,6 +21,41 @@ def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     return int(value)
+
+
+# What keras.Model itself takes through **kwargs (from_config passes it).
+KERAS_MODEL_KEYWORDS = ("trainable",)
+# Names users bring from timm / the authors' code, and what they are called here.
+KEYWORD_ALIASES = {
+    "num_classes": "classes",
+    "num_class": "classes",
+    "drop_path": "drop_path_rate",
+    "img_size": "input_shape",
+    "image_size": "input_shape",
+    "in_chans": "input_shape",
+    "global_pool": "pooling",
+    "pretrained": "weights",
+}
+
+
+def check_keywords(model_class, kwargs, accepted=()):
+    """TypeError for keywords ``model_class`` does not take, suggesting the closest valid name.
+
+    ``accepted``: further valid names (a subclass's pass-through keywords).
+    """
+    unknown = [key for key in kwargs if key not in KERAS_MODEL_KEYWORDS]
+    if not unknown:
+        return
+    valid = [name for name in inspect.signature(model_class.__init__).parameters if name not in ("self", "kwargs")]
+    valid += list(accepted) + list(KERAS_MODEL_KEYWORDS)
+    hints = []
+    for key in unknown:
+        close = KEYWORD_ALIASES.get(key) or next(iter(difflib.get_close_matches(key, valid + ["weights"], n=1)), None)
+        hints.append(f"{key!r}" + (f" (did you mean {close!r}?)" if close else ""))
+    raise TypeError(
+        f"{model_class.__name__} got unexpected keyword argument{'s' if len(hints) > 1 else ''} {', '.join(hints)}. "
+        f"Accepted: {', '.join(sorted(set(valid)))}."
+    )
 
 
 def validate_input_shape(input_shape):
@@ -138,9 +175,15 @@ def transformer_blocks(x, block_class, depth, drop_path_rate=0.0, **block_kwargs
     return x
 
 
-def classifier_top(x, include_top, classes, pooling, classifier_activation, dtype):
-    """Final norm (``norm``), pooling (``pool``) and head (``head`` + ``predictions``)."""
-    x = keras.layers.LayerNormalization(epsilon=t2t_layers.LAYER_NORM_EPSILON, name="norm", dtype=dtype)(x)
+def classifier_top(x, include_top, classes, pooling, classifier_activation, dtype, aux_scores=None):
+    """Final norm (``norm``), pooling (``pool``) and head (``head`` + ``predictions``).
+
+    ``aux_scores(tokens)``, when given, makes scores from the normed sequence that are
+    added to the head's before the activation (T2T-ViT's token-labeling head).
+    """
+    x = tokens = keras.layers.LayerNormalization(
+        epsilon=t2t_layers.LAYER_NORM_EPSILON, name="norm", dtype=dtype
+    )(x)
     if pooling is not None:
         x = t2t_layers.TokenPooling(pooling, name="pool", dtype=dtype)(x)
     if include_top:
@@ -150,6 +193,8 @@ def classifier_top(x, include_top, classes, pooling, classifier_activation, dtyp
             name="head",
             dtype=dtype,
         )(x)
+        if aux_scores is not None:
+            x = keras.layers.Add(name="scores", dtype=dtype)([x, aux_scores(tokens)])
         # Scores in float32 whatever the policy: softmax in bfloat16 loses the tail.
         x = keras.layers.Activation(classifier_activation, name="predictions", dtype="float32")(x)
     return x
@@ -183,6 +228,15 @@ class ClassifierModel(keras.Model):
         if not (self.classifier_activation is None or isinstance(self.classifier_activation, str)):
             self.classifier_activation = keras.activations.serialize(self.classifier_activation)
         self.grid_size = grid
+
+    def call(self, inputs, training=None, mask=None):
+        # An empty batch gives an empty batch of outputs on every backend (TensorFlow's
+        # eager kernels refuse some reductions and convolutions over zero rows).
+        batch = getattr(inputs, "shape", (None,))[0]
+        if batch == 0 and not isinstance(inputs, keras.KerasTensor):
+            output = self.outputs[0]
+            return keras.ops.zeros((0,) + tuple(output.shape[1:]), dtype=output.dtype)
+        return super().call(inputs, training=training, mask=mask)
 
     @property
     def num_tokens(self):

@@ -18,6 +18,7 @@ from keras_t2t import layers as t2t_layers
 from keras_t2t.models.base import (
     ClassifierModel,
     block_arguments,
+    check_keywords,
     classifier_top,
     positive_int,
     transformer_blocks,
@@ -89,6 +90,7 @@ class ViT(ClassifierModel):
             raise ValueError(
                 "t2t_dropout applies to T2T-ViT's tokens-to-token module; a ViT has none (leave it unset)."
             )
+        check_keywords(ViT, kwargs)
         input_shape = validate_input_shape(input_shape)
         patch_size = positive_int("patch_size", patch_size)
         height, width = input_shape[:2]

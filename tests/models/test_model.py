@@ -228,8 +228,9 @@ def test_other_bad_arguments_are_refused():
         _small(input_shape=(None, 32, 3))
     with pytest.raises(ValueError, match=r"classes must be a positive integer; got 0"):
         _small(classes=0)
-    with pytest.raises(ValueError, match=r"weights='imagenet' would need a download.*81.5_T2T_ViT_14"):
-        keras_t2t.t2t_vit_14(weights="imagenet")
+    with pytest.raises(ValueError, match=r"weights='cifar10' is neither a weights tag of t2t_vit_7 \(its tags: "
+                                         r"'imagenet'\)"):
+        keras_t2t.t2t_vit_7(weights="cifar10")
 
 
 def test_weights_h5_with_the_paper_stages_loads_at_another_size(tmp_path):
@@ -246,3 +247,38 @@ def test_weights_h5_with_the_paper_stages_loads_at_another_size(tmp_path):
         keras.ops.convert_to_numpy(target.get_layer("head").kernel),
         keras.ops.convert_to_numpy(source.get_layer("head").kernel),
     )
+
+
+# --- issue 15: misspelled keywords and empty batches -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(drop_path=0.3, num_class=10), r"'drop_path' \(did you mean 'drop_path_rate'\?\), 'num_class' \(did you "
+                                            r"mean 'classes'\?\)"),
+        (dict(emb_dim=64), r"'emb_dim' \(did you mean 'embed_dim'\?\)"),
+        (dict(weigths="x.pth"), r"'weigths' \(did you mean 'weights'\?\)"),
+    ],
+)
+def test_a_misspelled_builder_keyword_is_a_type_error_naming_the_closest_valid_one(kwargs, expected):
+    with pytest.raises(TypeError, match=expected):
+        keras_t2t.t2t_vit_mini(**kwargs)
+
+
+def test_misspelled_keywords_are_refused_by_every_model_class():
+    with pytest.raises(TypeError, match=r"'growth' \(did you mean 'growth_rate'\?\)"):
+        keras_t2t.T2TViTDense(growth=8)
+    with pytest.raises(TypeError, match=r"'patch' \(did you mean 'patch_size'\?\)"):
+        keras_t2t.ViT(patch=4)
+    # What keras.Model itself takes still goes through.
+    assert keras_t2t.t2t_vit_mini(classes=3, trainable=False).trainable is False
+
+
+@pytest.mark.parametrize("name, top", [("t2t_vit_mini", True), ("vit_mini", True), ("t2t_vit_mini", False)])
+def test_an_empty_batch_gives_an_empty_batch_of_outputs(name, top):
+    kwargs = dict(classes=3) if top else dict(include_top=False, pooling=None)
+    model = keras_t2t.create_model(name, **kwargs)
+    out = keras.ops.convert_to_numpy(model(np.zeros((0, 32, 32, 3), "float32")))
+    full = keras.ops.convert_to_numpy(model(np.zeros((2, 32, 32, 3), "float32")))
+    assert out.shape == (0,) + full.shape[1:] and out.dtype == full.dtype
