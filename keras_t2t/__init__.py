@@ -32,7 +32,15 @@ from keras_t2t.layers import (
     TokenTransformer,
     TransformerBlock,
 )
-from keras_t2t.models.presets import ALL_VARIANTS, MODELS, RELEASED_WEIGHTS, STUDY_VARIANTS, VARIANTS, VIT_CONFIGS
+from keras_t2t.models.presets import (
+    ALL_VARIANTS,
+    MODELS,
+    RELEASED_WEIGHTS,
+    STUDY_VARIANTS,
+    VARIANTS,
+    VIT_CONFIGS,
+    list_weights,
+)
 from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
 from keras_t2t.models.vit import ViT
 from keras_t2t.weights import detect_variant, load_weights, model_state_dict, resize_pos_embed
@@ -85,6 +93,7 @@ __all__ = [
     "from_checkpoint",
     "list_models",
     "list_variants",
+    "list_weights",
     "load_weights",
     "model_state_dict",
     "preprocess_input",

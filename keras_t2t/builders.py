@@ -12,8 +12,10 @@ from keras_t2t.layers import DEFAULT_T2T_STAGES
 from keras_t2t.models.presets import MODELS, get_preset, names
 from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
 from keras_t2t.models.vit import ViT
-from keras_t2t.weights import loading
+from keras_t2t.weights import loading, pretrained
 from keras_t2t.weights.detect import checkpoint_image_size, detect_variant, weight_overrides
+from keras_t2t.weights.mapping import HEADS
+from keras_t2t.weights.pretrained import is_weights_tag, release_for, unknown_weights_error
 
 # The class each registry family builds.
 MODEL_CLASSES = {"t2t_vit": T2TViT, "t2t_vit_dense": T2TViTDense, "vit": ViT}
@@ -30,25 +32,16 @@ def list_variants(studies=False):
 
 
 def _check_weights_argument(weights, model_name):
-    if isinstance(weights, str) and weights.lower() in ("imagenet", "imagenet1k"):
-        releases = get_preset(model_name).releases
-        hint = (
-            f" The authors released {', '.join(r.file for r in releases)} for {model_name}."
-            if releases
-            else f" The authors released no weights for {model_name}."
-        )
-        raise ValueError(
-            "weights='imagenet' would need a download, which keras_t2t never does. Download the authors' "
-            "checkpoint from the releases of github.com/yitu-opensource/T2T-ViT and pass its path, e.g. "
-            f"weights='/path/to/file.pth.tar'.{hint}"
-        )
+    """``weights`` if it is a weights tag of the model ("imagenet", ...; lowered) or an existing path."""
+    if is_weights_tag(weights):
+        return release_for(model_name, weights).tag  # or an error naming the model's tags
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(
-            f"weights must be None or a path to a '.pth.tar'/'.pth', '.keras' or '.weights.h5' file; "
-            f"got {weights!r}."
+            "weights must be None, a weights tag (see keras_t2t.list_weights()) or a path to a "
+            f"'.pth.tar'/'.pth', '.keras' or '.weights.h5' file; got {weights!r}."
         )
     if not os.path.exists(weights):
-        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+        raise unknown_weights_error(model_name, os.fspath(weights))
     return weights
 
 
@@ -58,7 +51,7 @@ def build_model(
     weights=None,
     input_shape=None,
     pooling="token",
-    classes=1000,
+    classes=None,
     classifier_activation="softmax",
     name=None,
     checkpoint_entry=None,
@@ -70,6 +63,9 @@ def build_model(
 
     ``kwargs`` override the row's architecture (``embed_dim``, ``dense_stages``,
     ...) or go to the model class (``drop_path_rate``, ``dtype``, ...).
+    ``classes=None`` means the class count of the weights' head, else 1000; when
+    that head is kept and the weights hold Token Labeling's ``aux_head`` too, the
+    model gets ``token_labeling_head=True`` unless the keyword says otherwise.
     ``state_dict`` (already read from ``weights``) saves reading the file twice.
     """
     preset = get_preset(model_name)
@@ -83,8 +79,13 @@ def build_model(
         model_class = T2TViTDense
     is_vit = model_class is ViT
     state = state_dict
+    head = (None, False)  # the weights' (classes, token_labeling), see loading.saved_head
     if weights is not None:
         weights = _check_weights_argument(weights, model_name)
+        if is_weights_tag(weights):
+            # The release's image size and classes unless given; its Keras conversion, fetched once and cached.
+            input_shape, classes = pretrained.build_arguments(model_name, weights, input_shape, classes)
+            weights = pretrained.converted_weights(model_name, weights)
         if not is_vit and state is None and not os.fspath(weights).endswith(".h5"):
             state, _ = loading.read_state_dict(weights, which=checkpoint_entry)
         if state is not None and input_shape is None:
@@ -92,6 +93,9 @@ def build_model(
             if size is not None:
                 # Build at the resolution the weights were trained at (the 384 checkpoint).
                 input_shape = (size[0], size[1], 3)
+        if state is not None or os.fspath(weights).endswith(".h5"):
+            head = loading.saved_head(weights, state)
+    classes = _follow_weights_head(classes, include_top, head, config)
     if input_shape is None and preset.image_size != 224:
         input_shape = (preset.image_size, preset.image_size, 3)
     model = model_class(
@@ -111,9 +115,23 @@ def build_model(
         else:
             report = loading.load_state_dict(model, state)
         model.weights_report = report
-        if verbose and isinstance(report, dict) and (report.get("head_dropped") or report.get("pos_embed_resized")):
+        if verbose and isinstance(report, dict) and any(report.get(k) for k in (*HEADS, "pos_embed_resized")):
             print(f"keras_t2t: {model_name} from {os.fspath(weights)}: {report}")
     return model
+
+
+def _follow_weights_head(classes, include_top, head, config):
+    """The class count: ``classes`` when given, else the weights' head's, else 1000 (keras.applications').
+
+    The weights' token-labeling head comes along (``token_labeling_head`` set in
+    ``config`` unless given) only with their class head: same classes, a top.
+    """
+    head_classes, token_labeling = head
+    if classes is None:
+        classes = head_classes or 1000
+    if token_labeling and include_top and classes == head_classes:
+        config.setdefault("token_labeling_head", True)
+    return classes
 
 
 def create_model(model_name, **kwargs):
@@ -137,12 +155,15 @@ def _make_builder(model_name):
     files = "a '.keras' / '.weights.h5' file of this package" if preset.family == "vit" else (
         "an authors' checkpoint ('.pth.tar'), a '.keras' file or a '.weights.h5' file"
     )
+    tags = "".join(f"{r.tag!r}, " for r in preset.releases)
+    tags = f"a weights tag ({tags}fetched once, cached; see keras_t2t.list_weights()) " if tags else ""
     builder.__name__ = builder.__qualname__ = model_name
     builder.__doc__ = (
         f"``{model_name}``: {preset.describe()}; built at {preset.image_size}x{preset.image_size} unless "
         "input_shape says otherwise.\n\n"
         "Args: the keras.applications keywords (include_top, weights, input_shape, pooling, classes,\n"
-        f"classifier_activation, name). ``weights`` is None or a path to {files}.\n"
+        f"classifier_activation, name). ``weights`` is None, {tags}or a path to {files}.\n"
+        "``classes`` defaults to the class count of the weights' head, else 1000.\n"
         f"Other keywords (drop_path_rate, qk_scale, dtype, ...) go to ``keras_t2t.{model_class.__name__}``."
     )
     return builder
@@ -155,6 +176,9 @@ def from_checkpoint(path, variant=None, which=None, state_dict=None, info=None, 
     """A model built and loaded from any weights file, detecting the variant when not named.
 
     ``keras_t2t.from_checkpoint("81.5_T2T_ViT_14.pth.tar", classifier_activation=None)``.
+    The class count is the checkpoint's head's unless ``classes`` says otherwise (then
+    the head is fresh); a Token Labeling checkpoint keeps its ``aux_head`` with it
+    (``token_labeling_head``, see ``keras_t2t.T2TViT``).
     ``kwargs`` are the builder keywords (input_shape, classes, include_top, verbose, ...)
     and overrides of the row (embed_dim, dense_stages, ...), which with ``variant`` load
     a checkpoint of a size no row has. ``state_dict`` and ``info`` (what

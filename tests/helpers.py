@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import reference as ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -29,18 +30,47 @@ def n_params(variables):
     return sum(int(np.prod(v.shape)) for v in variables)
 
 
-def save_authors_checkpoint(path, ema, plain, arch, epoch=309, img_size=224):
-    """``torch.save`` of a timm-style training checkpoint holding ``ema`` and ``plain`` state dicts,
-    as the authors' training script writes it (keys with DataParallel's ``module.`` prefix)."""
-    import argparse
+def torch_state_dict(state, prefix="module."):
+    """A NumPy state dict as torch's (keys with DataParallel's ``module.`` prefix), one tensor per
+    distinct array: ``torch.save`` then stores arrays shared between keys once."""
     import collections
 
     import torch  # only the tests that write checkpoints need it
 
-    def torch_state(state):
-        return collections.OrderedDict(
-            ("module." + k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in state.items()
-        )
+    tensors = {}
+    out = collections.OrderedDict()
+    for key, value in state.items():
+        if id(value) not in tensors:
+            tensors[id(value)] = torch.from_numpy(np.ascontiguousarray(value))
+        out[prefix + key] = tensors[id(value)]
+    return out
+
+
+def save_net_checkpoint(path, state, acc, epoch):
+    """What the authors' transfer_learning.py saves (the CIFAR fine-tunes): the DataParallel model's
+    state dict under 'net', beside the test accuracy and the epoch."""
+    import torch
+
+    torch.save({"net": torch_state_dict(state), "acc": acc, "epoch": epoch}, path)
+    return path
+
+
+def row_state_dict(row, classes=1000, image_size=(32, 32)):
+    """A state dict with a registry row's keys and shapes (cheap: every block shares one set of arrays)."""
+    one_block = ref.make_state_dict(dict(row, depth=1, image_size=image_size, classes=classes), 0)
+    state = {k: v for k, v in one_block.items() if not k.startswith("blocks.")}
+    for i in range(row["depth"]):
+        state.update({k.replace("blocks.0.", f"blocks.{i}.", 1): v for k, v in one_block.items()
+                      if k.startswith("blocks.0.")})
+    return state
+
+
+def save_authors_checkpoint(path, ema, plain, arch, epoch=309, img_size=224):
+    """``torch.save`` of a timm-style training checkpoint holding ``ema`` and ``plain`` state dicts,
+    as the authors' training script writes it (keys with DataParallel's ``module.`` prefix)."""
+    import argparse
+
+    import torch  # only the tests that write checkpoints need it
 
     # A real AdamW state dict (tensors in 'state', lists/tuples in 'param_groups'), as timm saves it.
     param = torch.nn.Parameter(torch.ones(3))
@@ -50,12 +80,12 @@ def save_authors_checkpoint(path, ema, plain, arch, epoch=309, img_size=224):
     checkpoint = {
         "epoch": epoch,
         "arch": arch,
-        "state_dict": torch_state(plain),
+        "state_dict": torch_state_dict(plain),
         "optimizer": optimizer.state_dict(),
         "version": 2,
         "args": argparse.Namespace(model=arch, img_size=img_size, lr=5e-4, drop_path=0.1, model_ema=True, amp=False),
         "metric": 71.7,
-        "state_dict_ema": torch_state(ema),
+        "state_dict_ema": torch_state_dict(ema),
     }
     torch.save(checkpoint, path)
     return path

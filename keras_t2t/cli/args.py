@@ -6,7 +6,23 @@ Every command takes image sizes in one grammar, ``N`` or ``HxW`` (``image_size``
 import argparse
 import math
 
-__all__ = ["positive_int", "positive_float", "fraction", "image_size", "IMAGE_SIZE_HELP", "add_model_source"]
+from keras_t2t.models.presets import MODELS, list_weights
+
+__all__ = [
+    "positive_int", "positive_float", "fraction", "image_size", "IMAGE_SIZE_HELP", "add_model_source", "model_tag",
+    "OneLineParser", "UsageError",
+]
+
+
+class UsageError(Exception):
+    """Bad command-line arguments, as ``OneLineParser`` reports them (the commands exit with 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise ``UsageError`` (one line, no usage dump) instead of exiting."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 
@@ -56,6 +72,26 @@ def image_size(text):
         hint = f" (write {text.replace(',', 'x')})" if "," in text else ""
         raise argparse.ArgumentTypeError(f"expected N or HxW with positive integers, got {text!r}{hint}")
     return tuple(sizes)
+
+
+def model_tag(text):
+    """``MODEL:TAG`` of a released checkpoint (``t2t_vit_14:imagenet``, see ``keras_t2t.list_weights()``)
+    -> ``(model, tag)``, or an argparse error naming the text and the model's tags."""
+    model, _, tag = str(text).strip().partition(":")
+    tag = tag.strip().lower()
+    if not model or not tag:
+        raise argparse.ArgumentTypeError(f"expected MODEL:TAG, e.g. t2t_vit_14:imagenet, got {text!r}")
+    if model not in MODELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {model!r} in {text!r}; models with weights: "
+            + ", ".join(dict.fromkeys(row.model for row in list_weights()))
+        )
+    tags = [row.tag for row in list_weights(model)]
+    if tag not in tags:
+        raise argparse.ArgumentTypeError(
+            f"{model} has no weights tag {tag!r}; " + (f"its tags: {', '.join(tags)}" if tags else "it has none")
+        )
+    return model, tag
 
 
 def add_model_source(parser, model_help, weights_help):

@@ -3,7 +3,7 @@
 Command line (also installed as ``keras-t2t-convert``)::
 
     python -m keras_t2t.cli.convert CHECKPOINT --output OUT.keras|OUT.weights.h5
-        [--variant NAME] [--weights-entry {auto,state_dict_ema,state_dict,model,bare}]
+        [--variant NAME] [--weights-entry {auto,state_dict_ema,state_dict,model,net,bare}]
         [--image-size N|HxW] [--classes N | --no-top] [--qk-scale FLOAT]
         [--classifier-activation NAME|none] [--overwrite]
 
@@ -14,8 +14,10 @@ it (``keras_t2t.weights.torch_pickle``). The model is built and loaded by
 ``keras_t2t.from_checkpoint``: the variant is detected from the tensors' shapes
 (and the checkpoint's ``arch`` entry) unless ``--variant`` names it; the image
 size defaults to the one the checkpoint's position table was trained at, the
-classes to the checkpoint's head. ``python -m keras_t2t.convert_cli`` is the
-same command.
+classes to the checkpoint's head. The authors' CIFAR fine-tunes keep their
+weights under ``net`` (found by ``auto``); the Token Labeling checkpoint's
+``aux_head`` is kept with its head (``keras_t2t.T2TViT``'s ``token_labeling_head``).
+``python -m keras_t2t.convert_cli`` is the same command.
 
 The result is verified before it gets its final name: it is written to a
 temporary file in the output folder, reloaded in this process, its
@@ -29,7 +31,6 @@ Exit codes: 0 success, 2 bad arguments or input (the message starts with
 ``error:``), 1 verification failure.
 """
 
-import argparse
 import os
 import sys
 
@@ -37,22 +38,30 @@ import keras
 import numpy as np
 
 from keras_t2t.builders import create_model, from_checkpoint
-from keras_t2t.cli.args import IMAGE_SIZE_HELP, image_size, positive_float, positive_int
+from keras_t2t.cli.args import (
+    IMAGE_SIZE_HELP,
+    OneLineParser,
+    UsageError,
+    image_size,
+    positive_float,
+    positive_int,
+)
 from keras_t2t.io_utils import atomic_temp_file_like, install_atomic, remove_path
 from keras_t2t.models.presets import ALL_VARIANTS
-from keras_t2t.models.t2t_vit import T2TViT
+from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT, T2TViT
 from keras_t2t.weights.detect import (
+    checkpoint_head,
     checkpoint_image_size,
     describe_variant,
     detect_variant,
 )
-from keras_t2t.weights.mapping import model_state_dict, resize_pos_embed
+from keras_t2t.weights.mapping import HEADS, model_state_dict, resize_pos_embed
 from keras_t2t.weights.torch_pickle import CheckpointError, load_state_dict_file
 
 __all__ = ["ConversionError", "VerificationError", "convert", "main"]
 
 OUTPUT_SUFFIXES = (".keras", ".weights.h5")
-WEIGHTS_ENTRIES = ("auto", "state_dict_ema", "state_dict", "model", "bare")
+WEIGHTS_ENTRIES = ("auto", "state_dict_ema", "state_dict", "model", "net", "bare")
 PREDICTION_ATOL = 1e-5
 VERIFY_IMAGES = 2
 VERIFY_SEED = 0
@@ -66,18 +75,9 @@ class VerificationError(RuntimeError):
     """The written file does not reproduce the checkpoint (exit code 1)."""
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump; main() turns it into exit code 2
-        raise _UsageError(message)
-
-
 def build_parser():
     """The argument parser of ``keras-t2t-convert``."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="keras-t2t-convert",
         description="Convert an authors' T2T-ViT checkpoint (.pth.tar) to a verified .keras or .weights.h5 file.",
     )
@@ -91,7 +91,8 @@ def build_parser():
     )
     parser.add_argument(
         "--weights-entry", choices=WEIGHTS_ENTRIES, default="auto",
-        help="which weights of the checkpoint (default auto: the EMA weights when present)",
+        help="which weights of the checkpoint (default auto: the EMA weights when present; 'net' holds "
+        "the authors' CIFAR fine-tunes)",
     )
     parser.add_argument(
         "--image-size", type=image_size, metavar="N|HxW",
@@ -148,11 +149,16 @@ def _reload(tmp_path, fmt, variant, build_kwargs):
     return model
 
 
+def _dropped(key, report):
+    """Whether ``key`` belongs to a head (``HEADS``) the load left out."""
+    return any(key.startswith(prefix) and report.get(entry) for entry, prefix in HEADS.items())
+
+
 def _expected_tensors(state, model, report):
     """{key: array} the converted model must hold, from the checkpoint (head/table exceptions applied)."""
     expected = {}
     for key, value in state.items():
-        if key.startswith("head.") and report.get("head_dropped"):
+        if _dropped(key, report):
             continue
         value = np.asarray(value)
         if key == "pos_embed" and report.get("pos_embed_resized"):
@@ -167,7 +173,7 @@ def _check_tensors(written, expected, report):
     missing = sorted(set(expected) - set(written))
     if missing:
         problems.append(f"checkpoint tensors absent from the written model: {', '.join(missing[:5])}")
-    extra = sorted(k for k in set(written) - set(expected) if not (k.startswith("head.") and report.get("head_dropped")))
+    extra = sorted(k for k in set(written) - set(expected) if not _dropped(k, report))
     if extra:
         problems.append(f"written tensors not from the checkpoint: {', '.join(extra[:5])}")
     for key in sorted(set(expected) & set(written)):
@@ -207,7 +213,7 @@ def convert(args, out=print):
         raise ConversionError(
             "the checkpoint's position table does not tell its image size (no square grid); pass --image-size"
         )
-    ckpt_classes = int(np.shape(state["head.weight"])[0]) if "head.weight" in state else None
+    ckpt_classes = checkpoint_head(state)[0]
     include_top = not args.no_top and (args.classes is not None or ckpt_classes is not None)
     classes = args.classes or ckpt_classes or 1000
     activation = None if args.classifier_activation.lower() in ("none", "linear", "logits") else args.classifier_activation
@@ -226,20 +232,24 @@ def convert(args, out=print):
     )
     found = model.checkpoint_info
     variant, detected, overrides = found["variant"], found["detected"], found["overrides"]
-    build_kwargs = dict(overrides, **build_kwargs)  # what rebuilds this model for a .weights.h5 file
+    # What rebuilds this model for a .weights.h5 file.
+    build_kwargs = dict(overrides, token_labeling_head=model.token_labeling_head, **build_kwargs)
     report = model.weights_report
 
     how = "given" + (f", detected {detected}" if detected and detected != variant else "") if args.variant else "detected"
     out(f"checkpoint: {args.checkpoint}")
     out(f"variant: {variant} ({how}); {describe_variant(variant)}"
         + (", qkv_bias" if overrides.get("qkv_bias") else ""))
-    extras = "".join(f", {key} {info[key]!r}" for key in ("arch", "epoch") if key in info)
+    extras = "".join(f", {key} {info[key]!r}" for key in ("arch", "epoch", "acc") if key in info)
     out(f"weights entry: {info['source_key']}{extras}")
     out(f"image size: {size[0]}x{size[1]}" + (f" (checkpoint: {ckpt_size[0]}x{ckpt_size[1]})" if ckpt_size and ckpt_size != size else ""))
     if include_top:
         out(f"classes: {classes}" + (f" (checkpoint: {ckpt_classes}; its head is not used)" if report.get("head_dropped") else ""))
     else:
         out("classes: no head" + (f" (the checkpoint's {ckpt_classes}-class head is left out)" if ckpt_classes else ""))
+    if model.token_labeling_head:
+        out(f"token labeling: aux_head kept; class scores = head + {TOKEN_LABELING_AUX_WEIGHT:g} x the maximum "
+            "over the patch tokens of aux_head, as the authors evaluate it")
     if args.qk_scale is not None:
         out(f"qk_scale: {args.qk_scale:g}")
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
@@ -298,7 +308,7 @@ def main(argv=None):
         except SystemExit as exit_:  # --help / --version
             return exit_.code if isinstance(exit_.code, int) else 0
         convert(args)
-    except _UsageError as error:
+    except UsageError as error:
         print(f"error: {error} (see --help)", file=sys.stderr)
         return 2
     except VerificationError as error:

@@ -12,6 +12,7 @@ from keras_t2t.cli.args import IMAGE_SIZE_HELP, add_model_source, fraction, imag
 from keras_t2t.data.images import DEFAULT_CROP_PCT, list_image_folder
 from keras_t2t.evaluation import evaluate_folder, model_input_hw
 from keras_t2t.io_utils import write_json_atomic
+from keras_t2t.weights.pretrained import is_weights_tag
 
 
 def _build_parser():
@@ -25,7 +26,8 @@ def _build_parser():
         ),
     )
     add_model_source(p, "a saved Keras model (.keras) mapping images to class scores",
-                     "weights for --variant (checkpoint or .weights.h5)")
+                     "weights for --variant: a tag (imagenet, ...; keras-t2t-weights list) or a file "
+                     "(checkpoint or .weights.h5)")
     p.add_argument("--data-dir", required=True, help="folder DATA_DIR/<class>/<images>")
     p.add_argument(
         "--image-size",
@@ -62,8 +64,8 @@ def main(argv=None):
         parser.error("--weights goes with --variant, not --model")
     if args.model is not None and not os.path.isfile(args.model):
         parser.error(f"--model: no such file {args.model!r}")
-    if args.weights and not os.path.exists(args.weights):
-        parser.error(f"--weights: no such file {args.weights!r}")
+    if args.weights and not os.path.exists(args.weights) and not is_weights_tag(args.weights):
+        parser.error(f"--weights: no such file {args.weights!r}, nor a weights tag (imagenet, ...)")
     if args.output:
         out_dir = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(out_dir):
@@ -83,7 +85,8 @@ def main(argv=None):
             model = create_model(
                 args.variant, weights=args.weights, classifier_activation=None
             )
-            model_desc = f"{args.variant} ({os.path.abspath(args.weights)})"
+            source = args.weights if is_weights_tag(args.weights) else os.path.abspath(args.weights)
+            model_desc = f"{args.variant} ({source})"
     except Exception as e:  # noqa: BLE001 - report any loading failure plainly
         parser.error(f"cannot load the model: {type(e).__name__}: {e}")
 

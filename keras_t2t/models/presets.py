@@ -3,7 +3,8 @@
 One ``Preset`` per name: the model class it builds (``family``), the
 architecture (``config``, the class's keywords), the image side it is built at
 by default, where it sits in the paper (``group``), a recipe hint (the
-reference's weight decay) and the authors' released checkpoints for it.
+reference's weight decay) and the authors' released checkpoints for it, each
+under a weights tag (``"imagenet"``, ``"cifar10"``, ...; ``list_weights()``).
 Everything that needs a model by name reads this table: the public builders
 (``keras_t2t.t2t_vit_14`` ...) are generated from it, and ``create_model``,
 checkpoint detection, the trainer, the visualiser, the exporter, the converter
@@ -17,20 +18,43 @@ The older tables (``VARIANTS``, ``STUDY_VARIANTS``, ``ALL_VARIANTS``,
 import dataclasses
 import difflib
 import types
+import typing
 
 # Groups, in the order list_models() names them.
 GROUPS = ("main", "study", "vit", "mini")
 # The model classes a preset may build (``keras_t2t.builders`` maps them to classes).
 FAMILIES = ("t2t_vit", "t2t_vit_dense", "vit")
+# Where the authors' release files are (``keras_t2t.weights.pretrained`` adds the file name).
+RELEASES_URL = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
+# The weights tags a release may have: ImageNet-1k at 224, at 384, with Token Labeling
+# (Jiang et al. 2021: an extra per-token head, ``aux_head``), and the CIFAR fine-tunings.
+WEIGHT_TAGS = ("imagenet", "imagenet_384", "imagenet_token_labeling", "cifar10", "cifar100")
 
 
 @dataclasses.dataclass(frozen=True)
 class Release:
-    """One checkpoint file the authors released."""
+    """One checkpoint file the authors released, and the weights tag it is loaded by."""
 
     file: str
     image_size: int
-    top1: float  # ImageNet-1k top-1 the authors report for it
+    top1: float  # the top-1 the authors report for it: ImageNet-1k val, or the CIFAR test set
+    tag: str = "imagenet"
+    classes: int = 1000
+
+    def __post_init__(self):
+        if self.tag not in WEIGHT_TAGS:
+            raise ValueError(f"Release {self.file!r}: tag must be one of {WEIGHT_TAGS}; got {self.tag!r}.")
+
+
+class WeightsRow(typing.NamedTuple):
+    """One row of ``list_weights()``: a released checkpoint of one model."""
+
+    model: str
+    tag: str
+    file: str
+    image_size: int
+    classes: int
+    top1: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +76,9 @@ class Preset:
         if self.group not in GROUPS:
             raise ValueError(f"Preset {self.name!r}: group must be one of {GROUPS}; got {self.group!r}.")
         object.__setattr__(self, "config", types.MappingProxyType(dict(self.config)))
+        tags = [r.tag for r in self.releases]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"Preset {self.name!r}: each weights tag names one release; got {tags}.")
 
     def describe(self):
         """One line, e.g. "performer T2T, ghost blocks, embed_dim 384, depth 16, 6 heads, mlp_ratio 3"."""
@@ -86,14 +113,27 @@ def _t2t(name, t2t_type, embed_dim, depth, num_heads, mlp_ratio, weight_decay=0.
 
 _PRESETS = (
     # The main family (spec section 8), with the reference's weight decay (section 12)
-    # and the released ImageNet-1k checkpoints (file, image side, reported top-1).
+    # and the released checkpoints (file, image side, reported top-1[, tag, classes]).
     _t2t("t2t_vit_7", "performer", 256, 7, 4, 2.0, 0.03, [("71.7_T2T_ViT_7.pth.tar", 224, 71.7)]),
     _t2t("t2t_vit_10", "performer", 256, 10, 4, 2.0, 0.03, [("75.2_T2T_ViT_10.pth.tar", 224, 75.2)]),
     _t2t("t2t_vit_12", "performer", 256, 12, 4, 2.0, 0.03, [("76.5_T2T_ViT_12.pth.tar", 224, 76.5)]),
-    _t2t("t2t_vit_14", "performer", 384, 14, 6, 3.0, 0.05,
-         [("81.5_T2T_ViT_14.pth.tar", 224, 81.5), ("83.3_T2T_ViT_14.pth.tar", 384, 83.3)]),
-    _t2t("t2t_vit_19", "performer", 448, 19, 7, 3.0, 0.065, [("81.9_T2T_ViT_19.pth.tar", 224, 81.9)]),
-    _t2t("t2t_vit_24", "performer", 512, 24, 8, 3.0, 0.065, [("82.3_T2T_ViT_24.pth.tar", 224, 82.3)]),
+    _t2t("t2t_vit_14", "performer", 384, 14, 6, 3.0, 0.05, [
+        ("81.5_T2T_ViT_14.pth.tar", 224, 81.5),
+        ("83.3_T2T_ViT_14.pth.tar", 384, 83.3, "imagenet_384"),
+        # Fine-tuned from the ImageNet weights by the authors' transfer_learning.py at 224
+        # ({'net': state_dict, ...}); "cirfar" is the file's real name.
+        ("cifar10_t2t-vit_14_98.3.pth", 224, 98.3, "cifar10", 10),
+        ("cirfar100_t2t-vit-14_88.4.pth", 224, 88.4, "cifar100", 100),
+    ]),
+    _t2t("t2t_vit_19", "performer", 448, 19, 7, 3.0, 0.065, [
+        ("81.9_T2T_ViT_19.pth.tar", 224, 81.9),
+        ("cifar10_t2t-vit_19_98.4.pth", 224, 98.4, "cifar10", 10),
+        ("cifar100_t2t-vit-19_89.0.pth", 224, 89.0, "cifar100", 100),
+    ]),
+    _t2t("t2t_vit_24", "performer", 512, 24, 8, 3.0, 0.065, [
+        ("82.3_T2T_ViT_24.pth.tar", 224, 82.3),
+        ("84.2_T2T_ViT_24.pth.tar", 224, 84.2, "imagenet_token_labeling"),
+    ]),
     _t2t("t2t_vit_t_14", "transformer", 384, 14, 6, 3.0, 0.05, [("81.7_T2T_ViTt_14.pth.tar", 224, 81.7)]),
     _t2t("t2t_vit_t_19", "transformer", 448, 19, 7, 3.0, 0.065, [("82.4_T2T_ViTt_19.pth.tar", 224, 82.4)]),
     _t2t("t2t_vit_t_24", "transformer", 512, 24, 8, 3.0, 0.065, [("82.6_T2T_ViTt_24.pth.tar", 224, 82.6)]),
@@ -146,6 +186,13 @@ def get_preset(name):
     return MODELS[name]
 
 
+def list_weights(model_name=None):
+    """Every released checkpoint (or ``model_name``'s) as ``WeightsRow``s, in registry order:
+    ``(model, tag, file, image_size, classes, top1)``. ``weights=<tag>`` loads one."""
+    presets = _PRESETS if model_name is None else (get_preset(model_name),)
+    return [WeightsRow(p.name, r.tag, r.file, r.image_size, r.classes, r.top1) for p in presets for r in p.releases]
+
+
 def names(*groups):
     """Registered names of the given groups (all when none), in registry order."""
     return [p.name for p in _PRESETS if not groups or p.group in groups]
@@ -164,6 +211,11 @@ STUDY_VARIANTS = {
 }
 ALL_VARIANTS = {**VARIANTS, **STUDY_VARIANTS}
 VIT_CONFIGS = {p.name: dict(p.config) for p in _PRESETS if p.family == "vit"}
-RELEASED_WEIGHTS = {p.name: [(r.top1, r.image_size, r.file) for r in p.releases] for p in _PRESETS if p.releases}
+# The ImageNet-1k releases as (top1, image_size, file); list_weights() has every release.
+RELEASED_WEIGHTS = {
+    p.name: [(r.top1, r.image_size, r.file) for r in p.releases if r.tag.startswith("imagenet")]
+    for p in _PRESETS
+    if p.releases
+}
 MINI_NAME = "t2t_vit_mini"
 MINI_MODEL = dict(MODELS[MINI_NAME].config)

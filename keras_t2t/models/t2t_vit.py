@@ -23,6 +23,7 @@ from keras_t2t.layers import (
 from keras_t2t.models.base import (
     ClassifierModel,
     block_arguments,
+    check_keywords,
     classifier_top,
     positive_int,
     t2t_grid,
@@ -39,8 +40,11 @@ BLOCK_TYPES = ("standard",) + tuple(STUDY_BLOCKS)
 _T2T_CONFIG_KEYS = (
     "input_shape", "t2t_type", "token_dim", "t2t_stages", "embed_dim", "depth", "num_heads", "mlp_ratio",
     "qkv_bias", "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate", "t2t_dropout", "block_type",
-    "include_top", "classes", "pooling", "classifier_activation",
+    "include_top", "classes", "pooling", "classifier_activation", "token_labeling_head",
 )
+# The weight of the token-labeling head's scores in the class scores (Token Labeling's evaluation:
+# ``x_cls + 0.5 * x_aux.max(1)``), with which the authors report 84.2% for T2T-ViT-24.
+TOKEN_LABELING_AUX_WEIGHT = 0.5
 
 
 def validate_t2t_arguments(
@@ -76,6 +80,26 @@ def t2t_stem(input_shape, t2t_type, token_dim, t2t_stages, embed_dim, t2t_dropou
     x = keras.layers.Dropout(drop_rate, name="pos_drop", dtype=dtype)(x)
     return inputs, x
 
+
+def token_labeling_scores(classes, dtype):
+    """The token-labeling head as ``classifier_top``'s ``aux_scores``: normed tokens -> scores to add.
+
+    Token Labeling (Jiang et al., "All Tokens Matter", 2021) trains a second head,
+    ``aux_head`` (Dense to ``classes``), on every patch token; its evaluation adds the
+    per-class maximum over the tokens, times ``TOKEN_LABELING_AUX_WEIGHT``, to the
+    class token's scores.
+    """
+
+    def scores(tokens):
+        per_token = keras.layers.Dense(
+            classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="aux_head",
+            dtype=dtype,
+        )(tokens[:, 1:])
+        return keras.ops.max(per_token, axis=1) * TOKEN_LABELING_AUX_WEIGHT
+
+    return scores
 
 
 @keras.saving.register_keras_serializable(package="keras_t2t")
@@ -113,6 +137,11 @@ class T2TViT(ClassifierModel):
             ``keras.applications``; pooling is ``"token"`` (the class token,
             default), ``"avg"`` (mean of the patch tokens), or None (the
             sequence, only without the top).
+        token_labeling_head: add Token Labeling's second head (``aux_head``, a
+            Dense on every patch token): the class scores become
+            ``head(pooled) + 0.5 * max over the patch tokens of aux_head(token)``,
+            as the authors evaluate their Token Labeling checkpoint
+            (``84.2_T2T_ViT_24.pth.tar``). Needs ``include_top``.
     """
 
     def __init__(
@@ -138,8 +167,10 @@ class T2TViT(ClassifierModel):
         name="t2t_vit",
         dtype=None,
         block_type="standard",
+        token_labeling_head=False,
         **kwargs,
     ):
+        check_keywords(T2TViT, kwargs)
         depth = positive_int("depth", depth)
 
         def check(embed_dim, num_heads):
@@ -157,7 +188,7 @@ class T2TViT(ClassifierModel):
                  embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
                  drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
                  t2t_dropout=t2t_dropout, include_top=include_top, classes=classes, pooling=pooling,
-                 classifier_activation=classifier_activation),
+                 classifier_activation=classifier_activation, token_labeling_head=token_labeling_head),
             check, backbone, name, dtype, kwargs,
         )
         self.depth = depth
@@ -179,14 +210,26 @@ class T2TViT(ClassifierModel):
             args["classifier_activation"],
         )
         check_backbone(embed_dim, num_heads)
+        token_labeling = args["token_labeling_head"]
+        if token_labeling not in (True, False):
+            raise ValueError(f"token_labeling_head must be True or False; got {token_labeling!r}.")
+        if token_labeling and not args["include_top"]:
+            raise ValueError(
+                "token_labeling_head=True adds its scores to the head's, so it needs include_top=True; "
+                "without the top, leave it False."
+            )
         inputs, x = t2t_stem(input_shape, args["t2t_type"], token_dim, t2t_stages, embed_dim, args["t2t_dropout"],
                              args["drop_rate"], dtype)
         x = build_backbone(x, embed_dim, num_heads)
-        x = classifier_top(x, args["include_top"], classes, args["pooling"], args["classifier_activation"], dtype)
+        aux_scores = token_labeling_scores(classes, dtype) if token_labeling else None
+        x = classifier_top(
+            x, args["include_top"], classes, args["pooling"], args["classifier_activation"], dtype, aux_scores
+        )
         # keras.Model's functional constructor (T2TViTDense reaches it through here too).
         super(T2TViT, self).__init__(inputs=inputs, outputs=x, name=name, dtype=dtype, **model_kwargs)
         self._store_top(dict(args, input_shape=input_shape, token_dim=token_dim, t2t_stages=t2t_stages,
-                             embed_dim=embed_dim, num_heads=num_heads, classes=classes), grid)
+                             embed_dim=embed_dim, num_heads=num_heads, classes=classes,
+                             token_labeling_head=bool(token_labeling)), grid)
 
     def feature_extractor(self, block_indices=(), include_t2t=False, name=None):
         """A ``keras.Model`` sharing this model's weights, returning a dict of features.
@@ -293,6 +336,7 @@ class T2TViTDense(T2TViT):
     ):
         # T2TViT's other keywords (input_shape, t2t_type, ..., dtype) with T2TViT's defaults.
         args = {key: kwargs.pop(key, default) for key, default in _SHARED_DEFAULTS.items()}
+        check_keywords(T2TViTDense, kwargs, accepted=_SHARED_DEFAULTS)
         args.update(embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio)
         dtype = args.pop("dtype")
         layout = {}

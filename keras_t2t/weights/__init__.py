@@ -10,6 +10,7 @@ keys and layouts (position-table resize and head handling included).
 """
 
 from keras_t2t.weights.detect import (
+    checkpoint_head,
     checkpoint_image_size,
     describe_variant,
     detect_variant,
@@ -23,8 +24,10 @@ from keras_t2t.weights.loading import (
     load_vit_weights,
     load_weights,
     read_state_dict,
+    saved_head,
 )
 from keras_t2t.weights.mapping import (
+    HEADS,
     LAYOUTS,
     WeightLoadReport,
     checkpoint_filter_fn,
@@ -40,10 +43,12 @@ from keras_t2t.weights.torch_pickle import CheckpointError, normalize_state_dict
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "HEADS",
     "LAYOUTS",
     "CheckpointError",
     "WeightLoadReport",
     "checkpoint_filter_fn",
+    "checkpoint_head",
     "checkpoint_image_size",
     "describe_variant",
     "detect_variant",
@@ -57,6 +62,7 @@ __all__ = [
     "normalize_state_dict",
     "read_state_dict",
     "resize_pos_embed",
+    "saved_head",
     "to_torch_layout",
     "torch_key",
     "torch_shape",

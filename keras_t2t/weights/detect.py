@@ -2,7 +2,7 @@
 
 ``detect_variant`` matches the shapes against the rows of the registry
 (``keras_t2t.models.presets``); ``checkpoint_image_size`` reads the image size
-a position table was trained at.
+a position table was trained at, ``checkpoint_head`` the head's class count.
 """
 
 import math
@@ -32,6 +32,15 @@ def checkpoint_image_size(state_dict, stages=DEFAULT_T2T_STAGES):
         return None
     size = square_size_for_grid(side, validate_stages(stages))
     return None if size is None else (size, size)
+
+
+def checkpoint_head(state_dict):
+    """(classes, token_labeling) of a state dict's head: ``head.weight``'s rows (None without a head),
+    and whether it holds Token Labeling's ``aux_head`` too (the 84.2% T2T-ViT-24)."""
+    state = normalize_state_dict(state_dict)
+    head = state.get("head.weight")
+    classes = int(head.shape[0]) if head is not None and len(head.shape) == 2 else None
+    return classes, "aux_head.weight" in state
 
 
 def _block_type_of(state):
@@ -90,7 +99,6 @@ def _signature(state_dict):
         raise ValueError(f"These T2T-ViT weights lack {error.args[0]!r}; the file is incomplete.") from error
     found["mlp_ratio"] = hidden / width if width else 0.0
     found["qkv_bias"] = f"blocks.{first}.attn.qkv.bias" in state or f"blocks.{first}.attn.q.bias" in state
-    found["classes"] = int(state["head.weight"].shape[0]) if "head.weight" in state else None
     return found
 
 

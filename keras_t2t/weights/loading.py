@@ -16,6 +16,7 @@ import h5py
 import keras
 
 from keras_t2t.models.base import square_size_for_grid
+from keras_t2t.weights.detect import checkpoint_head
 from keras_t2t.weights.mapping import (
     checkpoint_filter_fn,
     model_state_dict,
@@ -75,6 +76,31 @@ def _h5_dataset_shapes(path):
     return shapes
 
 
+def _h5_heads(shapes):
+    """The (features, classes) kernel shapes of the top-level Dense layers of a '.weights.h5' file.
+
+    Keras names the file's groups after the layer classes, so these are the model's
+    head and, with ``token_labeling_head``, its ``aux_head`` (same shape).
+    """
+    return [s for name, s in shapes.items() if re.fullmatch(r"layers/dense(_\d+)?/vars/0", name) and len(s) == 2]
+
+
+def saved_head(path, state_dict=None):
+    """(classes, token_labeling) of the head a weights file holds; (None, False) without one.
+
+    ``classes`` is the class count, ``token_labeling`` whether Token Labeling's
+    ``aux_head`` is there too. ``state_dict``: what ``read_state_dict`` gave for
+    ``path`` (saves reading it again).
+    """
+    path = os.fspath(path)
+    if state_dict is None and path.endswith(".h5"):
+        heads = _h5_heads(_h5_dataset_shapes(path))
+        return (int(heads[0][1]) if heads else None), len(heads) > 1
+    if state_dict is None:
+        state_dict, _ = read_state_dict(path)
+    return checkpoint_head(state_dict)
+
+
 def _twin_for_h5(model, path):
     """A model of ``model``'s config at the image size and class count the h5 file was saved with."""
     shapes = _h5_dataset_shapes(path)
@@ -91,8 +117,9 @@ def _twin_for_h5(model, path):
         if size is None:
             raise ValueError(f"No image size gives the {old[0]}x{old[1]} grid of {path!r}.")
         config["input_shape"] = [size, size, model.image_shape[2]]
-    heads = [s for name, s in shapes.items() if re.fullmatch(r"layers/dense/vars/0", name) and len(s) == 2]
+    heads = _h5_heads(shapes)
     config["include_top"] = bool(heads)
+    config["token_labeling_head"] = len(heads) > 1
     if heads:
         config["classes"] = int(heads[0][1])
     config.pop("name", None)

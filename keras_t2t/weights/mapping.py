@@ -36,6 +36,10 @@ _T2T_RENAMES = {
 }
 # Backbone names whose torch spelling differs from ours: the SE study's nn.Sequential indices.
 _BLOCK_RENAMES = {"attn.se_layer.reduce": "attn.se_layer.fc.0", "attn.se_layer.expand": "attn.se_layer.fc.2"}
+# The classifier heads, by the report entry that says when one is left out: the class head and
+# Token Labeling's token head (``aux_head``, the 84.2% T2T-ViT-24). A head that does not fit the
+# model (another class count, or no such head in the model) keeps the model's fresh one; never an error.
+HEADS = {"head_dropped": "head.", "aux_head_dropped": "aux_head."}
 
 
 def torch_key(path, t2t_type):
@@ -173,12 +177,13 @@ def resize_pos_embed(pos_embed, new_grid, old_grid=None):
 
 
 class WeightLoadReport(dict):
-    """What a load did: keys loaded, the head dropped or not, the table resized or not."""
+    """What a load did: keys loaded, each head (``HEADS``) dropped or not, the table resized or not."""
 
     def __str__(self):
         lines = [f"loaded {self['loaded']} tensors"]
-        if self.get("head_dropped"):
-            lines.append(f"head not loaded ({self['head_dropped']})")
+        for entry, prefix in HEADS.items():
+            if self.get(entry):
+                lines.append(f"{prefix[:-1]} not loaded ({self[entry]})")
         if self.get("pos_embed_resized"):
             old, new = self["pos_embed_resized"]
             lines.append(f"position table resized from a {old[0]}x{old[1]} to a {new[0]}x{new[1]} grid")
@@ -189,35 +194,21 @@ def checkpoint_filter_fn(state_dict, model):
     """The authors' state dict -> {variable path: array in this model's layout}.
 
     A pure function: transposes Linear weights, resizes the position table to
-    the model's grid, and leaves out the head when the model has none or has
-    another number of classes. DataParallel's ``module.`` prefix is accepted
+    the model's grid, and leaves out a head (``HEADS``: the class head and Token
+    Labeling's ``aux_head``) when the model has none or has another number of
+    classes, saying so in the report. DataParallel's ``module.`` prefix is accepted
     (``normalize_state_dict``). Anything else that does not fit is an error
     naming the keys.
     """
     mapping = variable_map(model)
     state = normalize_state_dict(state_dict)
-    report = WeightLoadReport(loaded=0, head_dropped=None, pos_embed_resized=None)
-    head_keys = {k for k in state if k.startswith("head.")}
-    model_head = {k for k in mapping if k.startswith("head.")}
+    report = WeightLoadReport(loaded=0, pos_embed_resized=None, **dict.fromkeys(HEADS))
+    model_heads = set()
+    for entry, prefix in HEADS.items():
+        state, report[entry] = _fit_head(state, mapping, prefix, model)
+        model_heads |= {k for k in mapping if k.startswith(prefix)}
 
-    def fits(key):
-        variable, layout = mapping[key]
-        return tuple(np.shape(state[key])) == torch_shape(variable.shape, layout)
-
-    if head_keys and not (head_keys == model_head and all(fits(k) for k in head_keys)):
-        if model_head:
-            shape = np.shape(state.get("head.weight", ()))
-            report["head_dropped"] = (
-                f"the weights have {shape[0] if shape else '?'} classes, the model {model.classes}; "
-                "the new head keeps its fresh initialisation"
-            )
-        else:
-            report["head_dropped"] = "the model has no head"
-        state = {k: v for k, v in state.items() if k not in head_keys}
-    elif model_head and not head_keys:
-        report["head_dropped"] = "the weights have no head; the model's head keeps its fresh initialisation"
-
-    missing = sorted(k for k in mapping if k not in state and k not in model_head)
+    missing = sorted(k for k in mapping if k not in state and k not in model_heads)
     unexpected = sorted(k for k in state if k not in mapping)
     if missing or unexpected:
         raise ValueError(
@@ -248,6 +239,34 @@ def checkpoint_filter_fn(state_dict, model):
         out[variable.path] = from_torch_layout(value, layout)
         report["loaded"] += 1
     return out, report
+
+
+def _fit_head(state, mapping, prefix, model):
+    """(state without the head ``prefix`` when it cannot load, why not or None)."""
+    keys = {k for k in state if k.startswith(prefix)}
+    model_keys = {k for k in mapping if k.startswith(prefix)}
+    name = prefix[:-1]
+
+    def fits(key):
+        variable, layout = mapping[key]
+        return tuple(np.shape(state[key])) == torch_shape(variable.shape, layout)
+
+    if keys and keys == model_keys and all(fits(k) for k in keys):
+        return state, None
+    if not keys:
+        why = f"the weights have no {name}; the model's {name} keeps its fresh initialisation" if model_keys else None
+        return state, why
+    shape = np.shape(state.get(f"{prefix}weight", ()))
+    other_classes = f"the weights have {shape[0] if shape else '?'} classes, the model {model.classes}; "
+    if not model.include_top:
+        why = "the model has no head"
+    elif model_keys:
+        why = other_classes + f"the new {name} keeps its fresh initialisation"
+    else:  # only the token-labeling head can be absent from a model with a top
+        why = (other_classes if shape and shape[0] != model.classes else "") + (
+            "the model has no token-labeling head (token_labeling_head=False): its scores are the class head's alone"
+        )
+    return {k: v for k, v in state.items() if k not in keys}, why
 
 
 def square_grid(num_tokens, model):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import dataclasses
 import io
 import math
 import os
@@ -242,16 +243,14 @@ class _StorageRef:
         raise CheckpointError("unexpected state applied to a storage")
 
 
+@dataclasses.dataclass(slots=True, eq=False)
 class _TensorRef:
-    __slots__ = ("storage", "offset", "size", "stride", "dtype", "metadata")
-
-    def __init__(self, storage, offset, size, stride, dtype, metadata):
-        self.storage = storage
-        self.offset = offset
-        self.size = size
-        self.stride = stride
-        self.dtype = dtype
-        self.metadata = metadata
+    storage: object
+    offset: int
+    size: tuple
+    stride: tuple
+    dtype: object
+    metadata: object
 
     __hash__ = None  # like a tensor in a dict key: refuse
 
@@ -839,7 +838,18 @@ def read_checkpoint(path):
         ) from None
 
 
-_SOURCES = ("state_dict_ema", "state_dict", "model")
+# The entries a checkpoint may keep its weights under, in the order ``which=None`` tries them:
+# timm's EMA and raw weights, a generic "model", and "net" (the authors' transfer_learning.py,
+# which saves {'net': state_dict, 'acc': float, 'epoch': int} for the CIFAR fine-tunes).
+_SOURCES = ("state_dict_ema", "state_dict", "model", "net")
+# Scalars of a checkpoint worth reporting beside its weights.
+_INFO_KEYS = ("arch", "epoch", "acc")
+
+
+def _quoted(names, last="or"):
+    """'a', 'b' or 'c'."""
+    names = [repr(n) for n in names]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
 # What torch.nn.DataParallel puts before every key of the model it wraps (the authors trained with it).
@@ -886,8 +896,9 @@ def extract_state_dict(obj, prefer_ema=True, which=None):
 
     Returns ``(state_dict, source_key)`` where ``state_dict`` maps parameter
     names (a leading ``module.`` stripped) to numpy arrays and ``source_key`` is
-    ``'state_dict_ema'``, ``'state_dict'``, ``'model'`` or ``'bare'``.
-    ``which`` forces one of those entries.
+    the entry used: ``'state_dict_ema'``, ``'state_dict'``, ``'model'``, ``'net'``
+    (tried in that order; ``prefer_ema=False`` skips the first) or ``'bare'``
+    (the checkpoint is the state dict itself). ``which`` forces one of those entries.
     """
     if not isinstance(obj, Mapping):
         raise CheckpointError(
@@ -896,9 +907,7 @@ def extract_state_dict(obj, prefer_ema=True, which=None):
     keys_present = ", ".join(repr(k) for k in list(obj)[:20]) or "none"
     if which is not None:
         if which not in _SOURCES + ("bare",):
-            raise CheckpointError(
-                f"which={which!r} is not one of 'state_dict_ema', 'state_dict', 'model', 'bare'"
-            )
+            raise CheckpointError(f"which={which!r} is not one of {_quoted(_SOURCES + ('bare',))}")
         if which == "bare":
             return _as_state_dict(obj, "checkpoint"), "bare"
         if which not in obj or not isinstance(obj[which], Mapping):
@@ -911,7 +920,7 @@ def extract_state_dict(obj, prefer_ema=True, which=None):
     if _is_flat_state_dict(obj):
         return _as_state_dict(obj, "checkpoint"), "bare"
     raise CheckpointError(
-        "checkpoint has no 'state_dict_ema', 'state_dict' or 'model' entry and is not a flat "
+        f"checkpoint has no {_quoted(_SOURCES)} entry and is not a flat "
         f"mapping of names to tensors; keys present: {keys_present}"
     )
 
@@ -919,8 +928,9 @@ def extract_state_dict(obj, prefer_ema=True, which=None):
 def load_state_dict_file(path, prefer_ema=True, which=None):
     """Read ``path`` and return ``(state_dict, info)``.
 
-    ``info`` holds ``'source_key'`` and, when the checkpoint has them,
-    ``'arch'`` and ``'epoch'``.
+    ``info`` holds ``'source_key'`` (the entry used, see ``extract_state_dict``) and,
+    when the checkpoint has them, ``'arch'``, ``'epoch'`` and ``'acc'`` (the
+    accuracy the authors' transfer-learning script saved with its weights).
     """
     obj = read_checkpoint(path)
     try:
@@ -929,7 +939,7 @@ def load_state_dict_file(path, prefer_ema=True, which=None):
         raise CheckpointError(f"{os.fspath(path)}: {exc}") from None
     info = {"source_key": source}
     if isinstance(obj, Mapping) and source != "bare":
-        for key in ("arch", "epoch"):
+        for key in _INFO_KEYS:
             if key in obj:
                 info[key] = obj[key]
     return state_dict, info

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 
 import keras_t2t  # noqa: E402
 import reference as ref  # noqa: E402
-from helpers import REPO, random_images, save_authors_checkpoint  # noqa: E402
+from helpers import REPO, random_images, row_state_dict, save_authors_checkpoint  # noqa: E402
 from keras_t2t.cli import convert as convert_cli  # noqa: E402
 from keras_t2t.weights import model_state_dict  # noqa: E402
 from keras_t2t.weights.torch_pickle import CheckpointError, load_state_dict_file  # noqa: E402
@@ -140,13 +140,7 @@ def test_builder_at_288_resizes_the_224_position_table_as_the_reference_does(t7)
 
 
 def _row_state_dict(name):
-    """A state dict with the row's keys and shapes at 32x32 (cheap: the blocks share one set of arrays)."""
-    row = keras_t2t.VARIANTS[name]
-    one_block = ref.make_state_dict(dict(row, depth=1, image_size=(32, 32)), 0)
-    state = {k: v for k, v in one_block.items() if not k.startswith("blocks.")}
-    for i in range(row["depth"]):
-        state.update({k.replace("blocks.0.", f"blocks.{i}.", 1): v for k, v in one_block.items() if k.startswith("blocks.0.")})
-    return state
+    return row_state_dict(keras_t2t.VARIANTS[name])
 
 
 def test_the_cheap_row_state_dict_has_make_state_dicts_keys_and_shapes():

@@ -1,0 +1,116 @@
+"""``keras-t2t-weights``: the authors' released weights by tag, and fetching them ahead for offline use.
+
+Command line (also ``python -m keras_t2t.cli.weights``)::
+
+    keras-t2t-weights list [--model NAME]
+    keras-t2t-weights fetch MODEL:TAG [MODEL:TAG ...] [--all] [--refresh]
+
+``list`` prints every release (model, tag, file, image size, classes, the
+authors' top-1) and what of it is in the cache. ``fetch`` does what
+``weights=TAG`` does on first use: download the file (``keras.utils.get_file``'s
+progress bar) from the release page or ``KERAS_T2T_WEIGHTS_URL``, check it,
+record its SHA-256 and convert it into the cache (``$KERAS_HOME/keras_t2t``), so
+that ``keras_t2t.t2t_vit_14(weights="imagenet")`` then needs no network.
+``--refresh`` deletes what the cache holds of those weights (and its records)
+first. See ``keras_t2t.weights.pretrained``.
+
+Exit codes: 0 success; 1 a fetch failed (one ``error:`` line per failure, the
+others still fetched); 2 bad arguments or settings.
+"""
+
+import os
+import sys
+
+from keras_t2t.cli.args import OneLineParser, UsageError, model_tag
+from keras_t2t.models.presets import get_preset, list_weights
+from keras_t2t.weights import pretrained
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser():
+    """The argument parser of ``keras-t2t-weights``."""
+    parser = OneLineParser(
+        prog="keras-t2t-weights",
+        description="The authors' released T2T-ViT weights by tag: list them, or fetch and convert them into "
+        "the cache ($KERAS_HOME/keras_t2t) for offline use. KERAS_T2T_WEIGHTS_URL replaces the release "
+        "page (an http(s):// or file:// URL, or a local folder holding the files).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    listing = commands.add_parser("list", help="every release row and what the cache holds of it")
+    listing.add_argument("--model", help="only this model's rows")
+    fetch = commands.add_parser("fetch", help="download, check and convert weights into the cache")
+    fetch.add_argument(
+        "weights", nargs="*", type=model_tag, metavar="MODEL:TAG", help="e.g. t2t_vit_14:imagenet t2t_vit_7:imagenet"
+    )
+    fetch.add_argument("--all", action="store_true", help="every release")
+    fetch.add_argument("--refresh", action="store_true", help="delete what the cache holds of them first")
+    return parser
+
+
+def _cache_state(row):
+    folder = pretrained.cache_dir()
+    release = pretrained.release_for(row.model, row.tag)
+    if os.path.isfile(os.path.join(folder, pretrained.converted_name(row.model, release))):
+        return "converted"
+    return "downloaded" if os.path.isfile(os.path.join(folder, row.file)) else "-"
+
+
+def _list(args):
+    if args.model is not None:
+        get_preset(args.model)
+    rows = list_weights(args.model)
+    print(f"cache: {pretrained.cache_dir()}  source: {pretrained.weights_base_url()}")
+    table = [("model", "tag", "file", "size", "classes", "top-1", "cache")]
+    table += [(r.model, r.tag, r.file, str(r.image_size), str(r.classes), f"{r.top1:.1f}", _cache_state(r)) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.rjust(w) if i in (3, 4, 5) else cell.ljust(w) for i, (cell, w) in
+                        enumerate(zip(line, widths))).rstrip())
+    if not rows:
+        print(f"{args.model} has no released weights.")
+    return 0
+
+
+def _fetch(args):
+    wanted = list(args.weights)
+    if args.all:
+        wanted += [(row.model, row.tag) for row in list_weights()]
+    if not wanted:
+        raise UsageError("fetch needs MODEL:TAG arguments or --all (see keras-t2t-weights list)")
+    pretrained.weights_base_url()  # a bad KERAS_T2T_WEIGHTS_URL is a usage error, before any download
+    failed = 0
+    for model, tag in dict.fromkeys(wanted):
+        name = f"{model}:{tag}"
+        try:
+            if args.refresh:
+                pretrained.forget(model, tag)
+            release = pretrained.release_for(model, tag)
+            print(f"{name}: {release.file} ({pretrained.release_url(release)})", flush=True)
+            pretrained.fetch_checkpoint(model, tag)
+            path = pretrained.converted_weights(model, tag)
+        except (pretrained.WeightsFetchError, ValueError, OSError) as error:
+            print(f"error: {name}: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        print(f"{name}: ok, {path}", flush=True)
+    if failed:
+        print(f"{failed} of {len(dict.fromkeys(wanted))} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    """Entry point of ``keras-t2t-weights``; returns the exit code."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit_:  # --help
+            return exit_.code if isinstance(exit_.code, int) else 0
+        return _list(args) if args.command == "list" else _fetch(args)
+    except (UsageError, ValueError) as error:
+        print(f"error: {' '.join(str(error).split())} (see --help)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
