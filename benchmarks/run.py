@@ -101,6 +101,17 @@ PEAK_METHOD_MONOTONIC = "process ru_maxrss (monotonic)"
 PEAK_METHOD_PROCESS = "fresh process per case: ru_maxrss (import and model build included)"
 
 
+def square_side(text):
+    """The one image-size grammar (N or HxW) of every command; the benchmark times square images."""
+    # Imported here: importing keras_t2t imports Keras, which the parent process must not (children pick backends).
+    from keras_t2t.cli.args import image_size
+
+    height, width = image_size(text)
+    if height != width:
+        raise argparse.ArgumentTypeError(f"the benchmark times square images: give N or NxN, got {text!r}")
+    return height
+
+
 def select_cases(spec, variant, backend, quick=False):
     """The cases to run for ``variant`` on ``backend``, in running order.
 
@@ -779,7 +790,8 @@ def main(argv=None):
         default=None,
         help="batch of the *_b32 cases (default 32; quick 4)",
     )
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=square_side, default=224,
+                        help="input size, N or NxN (square only; default 224)")
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed steps (default 1: the first call compiles or warms up)"
     )

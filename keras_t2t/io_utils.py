@@ -92,6 +92,25 @@ def atomic_temp_file_like(final, suffix):
     return path
 
 
+def save_atomic(path, save):
+    """Writes ``path`` through ``save(temp_path)`` and installs it in one rename; returns ``path``.
+
+    For writers that take a path and pick their format from its ending (Keras'
+    ``model.save`` / ``save_weights``): the temporary ``.tmp-<pid>-<name>`` keeps the
+    final name's ending, and is removed if ``save`` fails (``remove_stale_temporaries``
+    finds it by the process id if the process is killed instead).
+    """
+    final = os.path.abspath(os.fspath(path))
+    temp = os.path.join(os.path.dirname(final), f".tmp-{os.getpid()}-{os.path.basename(final)}")
+    try:
+        save(temp)
+        install_atomic(temp, final)
+    except BaseException:
+        remove_path(temp)
+        raise
+    return path
+
+
 def install_atomic(temp, final):
     """Renames ``temp`` (a file or a folder) onto ``final``, replacing what is there.
 

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 
+import keras
 import numpy as np
 
 __all__ = [
@@ -155,8 +156,6 @@ def _to_numpy(x):
     if isinstance(x, np.ndarray):
         return x
     try:
-        import keras
-
         return np.asarray(keras.ops.convert_to_numpy(x))
     except Exception:  # plain lists / objects keras does not know
         return np.asarray(x)

@@ -19,10 +19,11 @@ Where each piece of the recipe comes from:
 
 import math
 
+import keras
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from keras_t2t.data.images import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -100,7 +101,7 @@ def resize_to(data, image_size):
     return _resize(image, (image_size, image_size), "bicubic")
 
 
-def eval_resize_crop(data, image_size, crop_pct=0.9):
+def eval_resize_crop(data, image_size, crop_pct=DEFAULT_CROP_PCT):
     """The evaluation transform of the released weights (spec section 11), in TF ops.
 
     Shorter side to ``int(image_size / crop_pct)`` (bicubic), center crop
@@ -257,8 +258,6 @@ def build_randaugment(recipe):
 def build_flip(recipe):
     if recipe.hflip <= 0:
         return None
-    import keras
-
     if recipe.hflip != 0.5:
         raise ValueError("Keras' RandomFlip flips with probability 0.5; use --hflip 0.5 or 0.")
     return keras.layers.RandomFlip("horizontal", seed=recipe.seed)

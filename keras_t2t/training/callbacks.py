@@ -1,7 +1,7 @@
 """Callbacks of the trainer: EMA evaluation, per-epoch resume state, best/last weights, throughput.
 
-Usable with any ``model.fit``. File writes are atomic (write to a temporary
-name, then ``os.replace``) so a run killed at any moment leaves either the old
+Usable with any ``model.fit``. File writes are atomic (``keras_t2t.io_utils``: a temporary
+name, then one rename) so a run killed at any moment leaves either the old
 or the new file, never half of one; the resume state is one unit
 (``keras_t2t.training.resume``).
 """
@@ -13,6 +13,7 @@ import time
 import keras
 import numpy as np
 
+from keras_t2t.io_utils import save_atomic
 from keras_t2t.training.resume import LEGACY_WEIGHTS, STATE_FILE, read_state, save_state
 
 RESUME_WEIGHTS = LEGACY_WEIGHTS  # the name before the state named its weights file (resume.save_state)
@@ -71,10 +72,7 @@ class EMAEvaluation(keras.callbacks.Callback):
 
 
 def save_weights_atomic(model, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    return save_atomic(path, model.save_weights)
 
 
 class ModelExporter:
@@ -96,11 +94,7 @@ class ModelExporter:
         save_weights_atomic(self.sync(model), path)
 
     def save_model(self, model, path):
-        twin = self.sync(model)
-        folder = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-        twin.save(tmp)
-        os.replace(tmp, path)
+        save_atomic(path, self.sync(model).save)
 
 
 class TrainingState(keras.callbacks.Callback):

@@ -20,7 +20,8 @@ import warnings
 
 import numpy as np
 
-from keras_t2t.evaluation import list_image_folder
+from keras_t2t.data.digits import default_digits_dir, write_digits_folder
+from keras_t2t.data.images import list_image_folder
 from keras_t2t.training.image_check import find_bad_images
 
 # Formats tf.io.decode_image reads, by their first bytes.
@@ -286,8 +287,6 @@ def resolve_data(recipe, download=True, verify_images=False, skip_bad_images=Fal
 
     Folders are checked by ``scan_image_folder`` (``verify_images``, ``skip_bad_images``).
     """
-    from keras_t2t.data.digits import default_digits_dir, write_digits_folder
-
     dataset = recipe.dataset
     if dataset == "digits":
         if recipe.image_size % 8:
