@@ -5,38 +5,13 @@
 """
 
 import os
-import re
 
-import h5py
 import keras
-import numpy as np
 
 from keras_t2t.builders import create_model, list_models
 from keras_t2t.export.errors import ExportError
 from keras_t2t.export.serving import INPUT_NAME
 from keras_t2t.models.presets import unknown_model_error
-from keras_t2t.weights import read_state_dict
-
-
-def head_classes(weights):
-    """The class count of the head stored in a weights file, or None; ExportError if unreadable."""
-    path = os.fspath(weights)
-    try:
-        if path.endswith(".h5"):
-            # Keras names h5 groups by layer class: the model's only top-level Dense is the head.
-            found = []
-            with h5py.File(path, "r") as handle:
-                handle.visititems(
-                    lambda name, obj: found.append(obj.shape)
-                    if re.fullmatch(r"layers/dense(_\d+)?/vars/0", name) and len(getattr(obj, "shape", ())) == 2
-                    else None
-                )
-            return int(found[0][1]) if found else None
-        state, _ = read_state_dict(path)
-        head = state.get("head.weight")
-        return None if head is None else int(np.shape(head)[0])
-    except Exception as error:  # noqa: BLE001 - any unreadable file is bad input
-        raise ExportError(f"Cannot read the weights {path!r}: {type(error).__name__}: {error}") from error
 
 
 def check_model_argument(model, variant, weights):
@@ -102,7 +77,8 @@ def load_model_for_export(model=None, variant=None, weights=None, image_size=Non
     if image_size is not None:
         height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         kwargs["input_shape"] = (int(height), int(width), 3)
-    kwargs["classes"] = int(classes) if classes is not None else (head_classes(weights) or 1000)
+    if classes is not None:
+        kwargs["classes"] = int(classes)  # otherwise the builder takes the weights' head's count
     try:
         built = create_model(variant, weights=weights, verbose=False, **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure to build is bad input
