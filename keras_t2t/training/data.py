@@ -149,13 +149,6 @@ def _refuse(problems, total):
     )
 
 
-def check_image_files(paths, verify=False, workers=8):
-    """Raises ValueError listing the files ``unusable_images`` finds."""
-    problems = unusable_images(paths, verify=verify, workers=workers)
-    if problems:
-        _refuse(problems, len(paths))
-
-
 def scan_image_folder(root, verify_images=False, skip_bad_images=False):
     """Checks ``root/train/<class>/*`` and ``root/val/<class>/*``; returns a folder DataSource.
 
