@@ -15,14 +15,21 @@ All the logic lives in ``keras_t2t.export`` (``export_model`` in a notebook);
 import os
 import sys
 
-# Export runs on TensorFlow, whatever KERAS_BACKEND says: a '.keras' file saved on
-# JAX or PyTorch loads here unchanged. Set before Keras is first imported.
+# Export runs on TensorFlow, whatever KERAS_BACKEND says (a '.keras' file saved on
+# JAX or PyTorch loads here unchanged), but a backend that does not exist is still
+# a mistake worth one line. Set before Keras is first imported.
+USER_BACKEND = os.environ.get("KERAS_BACKEND")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Runs from a checkout without installing too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_t2t.cli.args import backend_error  # noqa: E402
 from keras_t2t.export import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python tflite/convert.py"))
+    PROG = "python tflite/convert.py"
+    if USER_BACKEND and backend_error(USER_BACKEND):
+        print(f"{PROG}: error: {backend_error(USER_BACKEND)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(prog=PROG))

@@ -11,6 +11,7 @@ format                      file in ``output_dir``               passes when (vs
 ``tflite_float16``          ``model_float16.tflite``             top-1 agreement 100%
 ``tflite_dynamic_int8``     ``model_dynamic_int8.tflite``        top-1 agreement >= 95%
 ``tflite_int8``             ``model_int8.tflite``                top-1 agreement >= 95%
+``tflite_<q>_pixels``       ``model_<q>_pixels.tflite``          as ``tflite_<q>``
 ``onnx``                    ``model.onnx``                       max |logit diff| <= 1e-4
 ==========================  ===================================  ===========================
 
@@ -18,9 +19,12 @@ Every artifact outputs ``logits`` and ``probabilities`` (the model's own
 classifier activation, softmax when it has none). The SavedModel has two
 signatures: ``serving_default`` takes float images normalised as by
 ``keras_t2t.preprocess_input``; ``serving_uint8`` takes uint8 RGB pixels and
-normalises inside. The TFLite models take one image (batch 1, float32; the
-full-integer model takes int8 with the input's scale and zero point); the
-SavedModel and ONNX take any batch.
+normalises inside. The TFLite models take one image (batch 1): float32, or
+for the ``_pixels`` models (each of the four quantizations) uint8 RGB pixels,
+normalised inside; each carries TFLite metadata (image size, normalisation,
+the labels; ``export.metadata``), which MediaPipe's ``ImageClassifier`` reads.
+``tflite_int8`` computes its fully connected layers in int8 and the rest in
+float32 (``export.quantize``). The SavedModel and ONNX take any batch.
 
 After writing, each artifact runs in its own runtime (LiteRT's interpreter
 from ``ai-edge-litert``, ``tf.saved_model.load``, onnxruntime) on sample
@@ -46,7 +50,9 @@ tolerance), ``saved_model`` / ``tflite`` / ``onnx`` (the writers and
 runtimes), ``serving`` (the interface every artifact shares), ``loading``
 (the model to export), ``samples`` (verification and calibration images),
 ``verify`` and ``report`` (comparison, ``report.json``, the table),
-``pipeline`` (``export_model``), ``child`` and ``cli``.
+``pipeline`` (``export_model``), ``child`` and ``cli``; ``quantize`` (the
+int8 recipe), ``metadata`` (the TFLite metadata) and ``labels`` (the class
+names a training run recorded).
 
 Command line: ``python tflite/convert.py`` (or ``python -m keras_t2t.export``),
 see ``--help``.

@@ -1,6 +1,7 @@
 """The export command line: ``python tflite/convert.py``, ``python -m keras_t2t.export``, ``keras-t2t-export``."""
 
 import argparse
+import math
 import sys
 
 from keras_t2t.cli.args import IMAGE_SIZE_HELP, add_model_source, fraction, image_size, positive_int
@@ -8,6 +9,7 @@ from keras_t2t.data.images import DEFAULT_CROP_PCT
 from keras_t2t.export.errors import ExportError
 from keras_t2t.export.formats import FORMATS
 from keras_t2t.export.pipeline import (
+    DEFAULT_DECISIVE_MARGIN,
     DEFAULT_INT8_AGREEMENT,
     DEFAULT_LATENCY_RUNS,
     DEFAULT_NUM_CALIBRATION,
@@ -31,14 +33,27 @@ def agreement(text):
     return value
 
 
+def logit_margin(text):
+    """A number of logits >= 0 (e.g. 0.1), or an argparse error naming the text."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of logits >= 0 such as 0.1, got {text!r}")
+    return value
+
+
 def build_parser(prog="python tflite/convert.py"):
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
             "Export a T2T-ViT classifier to SavedModel, TFLite (float32, float16, dynamic-range int8, "
             "full-integer int8) and ONNX, then run every artifact in its own runtime and compare it with the "
-            "Keras model. Writes the artifacts, labels.txt and report.json into --output-dir. Exit code 0: all "
-            "verified; 1: an artifact outside its tolerance (it is not kept); 2: bad input (nothing written)."
+            "Keras model. Writes the artifacts, labels.txt and report.json into --output-dir, replacing an earlier "
+            "export there as a whole. Without calibration images every format that needs none is made. Exit code "
+            "0: all verified; 1: an artifact outside its tolerance (it is not kept, and an earlier export in "
+            "--output-dir is left as it was); 2: bad input (nothing written)."
         ),
     )
     add_model_source(parser, "a '.keras' model file (saved on any backend)",
@@ -53,7 +68,8 @@ def build_parser(prog="python tflite/convert.py"):
     parser.add_argument(
         "--formats",
         default="all",
-        help=f"comma-separated, from: {', '.join(FORMATS)}; or 'all' (default)",
+        help=f"comma-separated, from: {', '.join(FORMATS)}; or 'all' (default: every format; without "
+        "--representative-dir/--representative-tfds, every one that needs no calibration)",
     )
     parser.add_argument("--representative-dir", help="image folder (searched recursively) to calibrate tflite_int8")
     parser.add_argument("--representative-tfds", help="or a TFDS dataset NAME[:SPLIT] to calibrate tflite_int8")
@@ -78,6 +94,11 @@ def build_parser(prog="python tflite/convert.py"):
         "--int8-agreement", type=agreement, default=DEFAULT_INT8_AGREEMENT,
         help="top-1 agreement the int8 models must reach, e.g. 0.95 or 95%% (default 95%%)",
     )
+    parser.add_argument(
+        "--decisive-margin", type=logit_margin, default=DEFAULT_DECISIVE_MARGIN,
+        help="top-1 is compared up to near-ties: the artifact's top class agrees when the Keras model scores it "
+        f"within this many logits of its own top class (default {DEFAULT_DECISIVE_MARGIN:g})",
+    )
     parser.add_argument("--labels", help="class names, one per line (default: ImageNet's for 1000 classes)")
     parser.add_argument(
         "--no-uint8-signature", dest="uint8_signature", action="store_false",
@@ -87,7 +108,10 @@ def build_parser(prog="python tflite/convert.py"):
         "--latency-runs", type=positive_int, default=DEFAULT_LATENCY_RUNS,
         help=f"timed runs per artifact at batch 1, median reported (default {DEFAULT_LATENCY_RUNS})",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace artifacts already in --output-dir")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an export already in --output-dir (as a whole, and only once the new one is verified)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     return parser
 

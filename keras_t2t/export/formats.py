@@ -63,18 +63,22 @@ class Tolerance:
 
 
 FLOAT_EXACT = Tolerance("max_abs_diff", FLOAT_LOGIT_ATOL, group="float")
-SAME_TOP1 = Tolerance("top1_agreement", 1.0)
+SAME_TOP1 = Tolerance("top1_agreement", 1.0, group="float16")
 INT8_TOP1 = Tolerance("top1_agreement", None, group="int8")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportSources:
-    """What the writers convert from: the float32 classifier, the SavedModel written first, calibration images."""
+    """What the writers convert from: the float32 classifier, the SavedModel written first, calibration images.
+
+    ``labels`` (the class names, or ``None``) go into the TFLite metadata.
+    """
 
     classifier: object
     saved_model_dir: str | None
     representative: object = None
     uint8_signature: bool = True
+    labels: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,16 +109,27 @@ def _write_saved_model(path, sources):
     write_saved_model(sources.classifier, path, sources.uint8_signature)
 
 
-def _tflite(quantization, tolerance, needs_calibration=False):
+def _tflite(quantization, tolerance, needs_calibration=False, pixels=False):
+    """``tflite_<quantization>``, or with ``pixels`` ``tflite_<quantization>_pixels`` (uint8 pixel input)."""
+    suffix = "_pixels" if pixels else ""
     return ExportFormat(
-        name=f"tflite_{quantization}",
-        file=f"model_{quantization}.tflite",
-        write=functools.partial(write_tflite, quantization=quantization),
+        name=f"tflite_{quantization}{suffix}",
+        file=f"model_{quantization}{suffix}.tflite",
+        write=functools.partial(write_tflite, quantization=quantization, pixels=pixels),
         runner=tflite_runner,
         tolerance=tolerance,
         reads_saved_model=True,
         needs_calibration=needs_calibration,
         inspect=functools.partial(inspect_tflite, quantization=quantization),
+    )
+
+
+def _tflite_formats(pixels):
+    return (
+        _tflite("float32", FLOAT_EXACT, pixels=pixels),
+        _tflite("float16", SAME_TOP1, pixels=pixels),
+        _tflite("dynamic_int8", INT8_TOP1, pixels=pixels),
+        _tflite("int8", INT8_TOP1, needs_calibration=True, pixels=pixels),
     )
 
 
@@ -128,10 +143,9 @@ FORMAT_SPECS = (
         is_directory=True,
         uint8_runner=saved_model_uint8_runner,
     ),
-    _tflite("float32", FLOAT_EXACT),
-    _tflite("float16", SAME_TOP1),
-    _tflite("dynamic_int8", INT8_TOP1),
-    _tflite("int8", INT8_TOP1, needs_calibration=True),
+    *_tflite_formats(pixels=False),
+    # The same four taking uint8 pixels and normalising inside: what MediaPipe and phone apps feed.
+    *_tflite_formats(pixels=True),
     ExportFormat(name="onnx", file="model.onnx", write=write_onnx, runner=onnx_runner, tolerance=FLOAT_EXACT),
 )
 #: The format names, in report order.

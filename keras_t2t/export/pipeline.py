@@ -1,14 +1,16 @@
-"""The export: check everything, write each artifact under a temporary name, verify it, install it.
+"""The export: check everything, build the export in a staging folder, verify each artifact, switch it in.
 
-``export_model`` is the library entry point. On TensorFlow it runs here; in a
-JAX or PyTorch process it saves the model (when given in memory) and hands the
-options, as JSON, to a TensorFlow child (``keras_t2t.export.child``), which
-hands the report back as JSON.
+``export_model`` is the library entry point. The whole export (artifacts,
+``labels.txt``, ``report.json``) is built in a staging folder
+(``export/staging``) and replaces the previous export in ``output_dir`` as a
+whole; an export that fails verification leaves a previous export as it was.
+On TensorFlow it runs here; in a JAX or PyTorch process it saves the model
+(when given in memory) and hands the options, as JSON, to a TensorFlow child
+(``keras_t2t.export.child``), which hands the report back as JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -36,6 +38,7 @@ from keras_t2t.export.loading import (
     describe_source,
     load_model_for_export,
 )
+from keras_t2t.export.labels import training_class_names
 from keras_t2t.export.report import (
     LABELS_FILE,
     REPORT_FILE,
@@ -49,9 +52,18 @@ from keras_t2t.export.samples import (
     to_uint8,
     verification_images,
 )
-from keras_t2t.export.verify import Checks, failed_row, latency_ms, verify_artifact
+from keras_t2t.export.staging import EXPORT_ENTRIES, ExportStaging
+from keras_t2t.export.verify import (
+    DEFAULT_DECISIVE_MARGIN,
+    Checks,
+    failed_row,
+    latency_ms,
+    verification_rule,
+    verify_artifact,
+)
 from keras_t2t.io_utils import (
     atomic_temp_path,
+    check_output_folder,
     install_atomic,
     remove_path,
     write_text_atomic,
@@ -84,6 +96,7 @@ def export_model(
     num_samples=DEFAULT_NUM_SAMPLES,
     crop_pct=DEFAULT_CROP_PCT,
     int8_agreement=DEFAULT_INT8_AGREEMENT,
+    decisive_margin=DEFAULT_DECISIVE_MARGIN,
     labels=None,
     uint8_signature=True,
     latency_runs=DEFAULT_LATENCY_RUNS,
@@ -100,6 +113,8 @@ def export_model(
             authors' checkpoint; ``image_size`` (``N`` or ``(height, width)``)
             and ``classes`` override what the weights imply.
         formats: ``"all"`` or a list (or comma-separated string) from ``FORMATS``.
+            ``"all"`` without calibration images is every format that needs none
+            (``report["skipped"]`` names the others and what enables them).
         representative_dir / representative_tfds: the calibration images of
             ``tflite_int8``: a folder (searched recursively) or a TFDS dataset
             ``"NAME[:SPLIT]"`` (read from ``tfds_data_dir``; downloaded only with
@@ -108,17 +123,25 @@ def export_model(
             (default: crops of the photographs bundled with scikit-learn).
         crop_pct: the evaluation resize/crop of those images (spec section 11).
         int8_agreement: the top-1 agreement the int8 models must reach (0..1).
+        decisive_margin: top-1 is compared up to near-ties: a sample agrees when
+            the artifact's top class is one the Keras model scores within this
+            many logits of its own top class (``keras_t2t.export.verify``).
         labels: class names (a list or a file, one per line); default the
             ImageNet names for 1000 classes, ``class_<i>`` otherwise.
         uint8_signature: add the SavedModel signature ``serving_uint8``.
         latency_runs: timed runs per artifact (median reported).
-        overwrite: replace artifacts already in ``output_dir``.
+        overwrite: replace an export already in ``output_dir``.
 
     Returns:
-        ``ExportReport`` (also written as ``output_dir/report.json``);
-        ``report.passed`` tells whether every artifact is within tolerance.
-        An artifact outside tolerance (or whose conversion failed) is not
-        kept. Raises ``ExportError`` for bad input, before writing anything.
+        ``ExportReport`` (also written as ``output_dir/report.json`` when
+        installed); ``report.passed`` tells whether every artifact is within
+        tolerance. The export is built in a staging folder and replaces the
+        previous one in ``output_dir`` as a whole (its artifacts that this
+        export does not make included). An export that fails does not touch a
+        previous export (``report["installed"]`` is False); into a folder
+        without one it installs the artifacts that passed and the report. An
+        artifact outside tolerance (or whose conversion failed) is never kept.
+        Raises ``ExportError`` for bad input, before writing anything.
     """
     options = dict(locals())  # the keyword options, as a TensorFlow child process receives them
     del options["model"], options["output_dir"], options["verbose"]
@@ -127,9 +150,10 @@ def export_model(
     # === every check before anything is written (and before another process is started) ===
     check_model_argument(model, variant, weights)
     plan = _plan(os.fspath(output_dir), **options)
+    plan["trained_labels"] = training_class_names(model if variant is None else weights)
     source = load_model_for_export(model, variant=variant, weights=weights, image_size=image_size, classes=classes)
     classifier = classifier_for_export(source)
-    resolve_labels(labels, int(classifier.outputs[0].shape[-1]))
+    resolve_labels(labels, int(classifier.outputs[0].shape[-1]), plan["trained_labels"])
     if keras.backend.backend() != "tensorflow":
         return export_in_tensorflow_process(model, output_dir, options, verbose)
     return _export(source, classifier, plan, model_source=describe_source(model, variant, weights), verbose=verbose)
@@ -144,10 +168,30 @@ def _positive_int(name, value):
     return int(value)
 
 
+def _skip_uncalibrated(formats, requested, calibrated):
+    """``(formats, skipped)``: with ``"all"`` and no calibration images, the calibrated formats are skipped."""
+    if not calibrated or requested not in (None, "all"):
+        return formats, []
+    skipped = [
+        {
+            "artifact": name,
+            "reason": "calibrated on representative images, and none were given",
+            "enable_with": "--representative-dir DIR or --representative-tfds NAME[:SPLIT] "
+                           "(representative_dir= / representative_tfds=)",
+        }
+        for name in calibrated
+    ]
+    return [f for f in formats if f not in calibrated], skipped
+
+
 def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_calibration, sample_dir, num_samples,
-          crop_pct, int8_agreement, latency_runs, overwrite, **options):
+          crop_pct, int8_agreement, decisive_margin, latency_runs, overwrite, **options):
     """The checked options, the image files found, and the output folder's state; raises ExportError."""
-    formats = parse_formats(formats)
+    try:
+        check_output_folder(output_dir, "output_dir (--output-dir)")
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    requested, formats = formats, parse_formats(formats)
     num_calibration = _positive_int("num_calibration", num_calibration)
     num_samples = _positive_int("num_samples", num_samples)
     latency_runs = _positive_int("latency_runs", latency_runs)
@@ -155,7 +199,15 @@ def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_c
         raise ExportError(f"int8_agreement is a fraction in [0, 1]; got {int8_agreement!r}.")
     if not 0.0 < float(crop_pct) <= 1.0:
         raise ExportError(f"crop_pct must be in (0, 1]; got {crop_pct!r}.")
+    if isinstance(decisive_margin, bool) or not isinstance(decisive_margin, (int, float, np.number)) or not (
+        0.0 <= decisive_margin < float("inf")
+    ):
+        raise ExportError(f"decisive_margin is a number of logits >= 0, such as 0.1; got {decisive_margin!r}.")
     calibrated = [f for f in formats if format_spec(f).needs_calibration]
+    skipped = []
+    if not (representative_dir or representative_tfds):
+        formats, skipped = _skip_uncalibrated(formats, requested, calibrated)
+        calibrated = [f for f in formats if format_spec(f).needs_calibration]
     if calibrated and not (representative_dir or representative_tfds):
         names = " and ".join(calibrated)
         raise ExportError(
@@ -165,18 +217,19 @@ def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_c
         )
     if representative_dir and representative_tfds:
         raise ExportError("Give one representative set: a folder or a TFDS dataset, not both.")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ExportError(f"output_dir {output_dir!r} exists and is not a folder.")
-    targets = [format_spec(f).file for f in formats] + [LABELS_FILE, REPORT_FILE]
-    existing = [t for t in targets if os.path.lexists(os.path.join(output_dir, t))]
+    # A new export replaces the previous one as a whole: any of its entries needs overwrite.
+    existing = [t for t in EXPORT_ENTRIES if os.path.lexists(os.path.join(output_dir, t))]
     if existing and not overwrite:
         raise ExportError(
-            f"{output_dir!r} already holds {', '.join(existing)}; pass overwrite=True (--overwrite) to replace them."
+            f"{output_dir!r} already holds {', '.join(existing)}; pass overwrite=True (--overwrite) to replace "
+            "that export as a whole."
         )
     return dict(
         options,
         output_dir=output_dir,
         formats=formats,
+        skipped=skipped,
+        decisive_margin=float(decisive_margin),
         representative_dir=representative_dir,
         representative_tfds=representative_tfds,
         representative_files=(
@@ -193,9 +246,15 @@ def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_c
     )
 
 
-def resolve_labels(labels, classes):
-    """``(class names, where they came from)`` for a model with ``classes`` classes; ExportError if they do not fit."""
+def resolve_labels(labels, classes, trained=None):
+    """``(class names, where they came from)`` for a model with ``classes`` classes; ExportError if they do not fit.
+
+    Without ``labels``: ``trained`` (the class names its training run recorded, from
+    ``export.labels.training_class_names``) when they fit, else ImageNet's or ``class_<i>``.
+    """
     if labels is None:
+        if trained is not None and len(trained[0]) == classes:
+            return trained
         if classes == 1000:
             return list(imagenet_class_names()), "imagenet"
         return [f"class_{i}" for i in range(classes)], "generic (no labels given)"
@@ -239,6 +298,7 @@ def _checks(classifier, samples, plan):
         reference_uint8=reference_uint8,
         int8_agreement=plan["int8_agreement"],
         latency_runs=plan["latency_runs"],
+        decisive_margin=plan["decisive_margin"],
     )
     return checks, {"latency_ms": latency_ms(keras_run, samples[:1], plan["latency_runs"])}
 
@@ -252,8 +312,8 @@ def _new_temp(output_dir, spec, temps):
     return temp
 
 
-def _write_verify_install(sources, checks, formats, output_dir, temps, say):
-    """The report rows; each artifact that passes is renamed onto its final name."""
+def _write_verify_install(sources, checks, formats, staging_dir, temps, say):
+    """The report rows; each artifact that passes is renamed onto its final name in the staging folder."""
     saved_model_temp, saved_model_seconds = sources.saved_model_dir, None
     if saved_model_temp is not None:
         start = time.perf_counter()
@@ -265,7 +325,7 @@ def _write_verify_install(sources, checks, formats, output_dir, temps, say):
         spec = format_spec(fmt)
         say(f"  {fmt}: writing...", flush=True)
         start = time.perf_counter()
-        temp = saved_model_temp if fmt == SAVED_MODEL else _new_temp(output_dir, spec, temps)
+        temp = saved_model_temp if fmt == SAVED_MODEL else _new_temp(staging_dir, spec, temps)
         try:
             if fmt != SAVED_MODEL:
                 spec.write(temp, sources)
@@ -277,13 +337,10 @@ def _write_verify_install(sources, checks, formats, output_dir, temps, say):
             for row in fmt_rows:
                 row["convert_seconds"] = seconds
         rows.extend(fmt_rows)
-        final = os.path.join(output_dir, spec.file)
         passed = all(row["passed"] for row in fmt_rows)
         if passed:
-            install_atomic(temp, final)
+            install_atomic(temp, os.path.join(staging_dir, spec.file))
             temps.remove(temp)
-        else:
-            remove_path(final)  # an earlier export's file would contradict this report
         say(f"  {fmt}: {'ok' if passed else 'FAILED'} ({time.perf_counter() - start:.1f} s)", flush=True)
     return rows
 
@@ -293,7 +350,7 @@ def _export(source, classifier, plan, model_source, verbose):
     output_dir, formats, crop_pct = plan["output_dir"], plan["formats"], plan["crop_pct"]
     height, width, _ = (int(v) for v in classifier.inputs[0].shape[1:])
     num_classes = int(classifier.outputs[0].shape[-1])
-    label_list, label_source = resolve_labels(plan["labels"], num_classes)
+    label_list, label_source = resolve_labels(plan["labels"], num_classes, plan["trained_labels"])
 
     samples, sample_source = verification_images(
         plan["sample_files"], plan["sample_dir"], plan["num_samples"], (height, width), crop_pct
@@ -306,20 +363,24 @@ def _export(source, classifier, plan, model_source, verbose):
         )
     checks, reference_info = _checks(classifier, samples, plan)
 
-    created_dir = not os.path.isdir(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
     temps = []
+    staging = ExportStaging(output_dir)  # removes what killed exports left here first
     try:
         say(f"keras_t2t.export: {classifier.name} ({height}x{width}, {num_classes} classes) -> {output_dir}")
         saved_model_dir = None
         if any(f == SAVED_MODEL or format_spec(f).reads_saved_model for f in formats):
-            saved_model_dir = _new_temp(output_dir, format_spec(SAVED_MODEL), temps)
-        sources = ExportSources(classifier, saved_model_dir, representative, plan["uint8_signature"])
-        rows = _write_verify_install(sources, checks, formats, output_dir, temps, say)
+            saved_model_dir = _new_temp(staging.path, format_spec(SAVED_MODEL), temps)
+        sources = ExportSources(classifier, saved_model_dir, representative, plan["uint8_signature"], tuple(label_list))
+        rows = _write_verify_install(sources, checks, formats, staging.path, temps, say)
+        for temp in temps:  # the SavedModel the converters read, when not itself exported; failed artifacts
+            remove_path(temp)
         rows.sort(key=lambda row: FORMATS.index(format_spec(row["artifact"]).name))
+        passed = all(row["passed"] for row in rows)
         report = ExportReport(
             created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            passed=all(row["passed"] for row in rows),
+            passed=passed,
+            # A failed export does not replace an earlier one; into a folder without one it goes in as it is.
+            installed=passed or not staging.previous,
             model={
                 "name": classifier.name,
                 "source": model_source,
@@ -333,27 +394,28 @@ def _export(source, classifier, plan, model_source, verbose):
             else {"source": representative_source, "count": len(representative)},
             labels={"file": LABELS_FILE, "source": label_source},
             tolerances=tolerance_descriptions(plan["int8_agreement"]),
+            verification=verification_rule(checks),
             reference=reference_info,
             artifacts=rows,
+            skipped=plan["skipped"],
             machine=machine_info(),
             versions=versions_info(),
         )
-        write_text_atomic(os.path.join(output_dir, LABELS_FILE), "\n".join(label_list) + "\n")
-        write_text_atomic(os.path.join(output_dir, REPORT_FILE), json.dumps(report, indent=2) + "\n")
+        if report["installed"]:
+            write_text_atomic(os.path.join(staging.path, LABELS_FILE), "\n".join(label_list) + "\n")
+            write_text_atomic(os.path.join(staging.path, REPORT_FILE), json.dumps(report, indent=2) + "\n")
+            staging.commit()
+        else:
+            staging.discard()
     except BaseException:
-        for temp in temps:
-            remove_path(temp)
-        temps = []
-        if created_dir:
-            with contextlib.suppress(OSError):
-                os.rmdir(output_dir)  # only when empty
+        staging.discard()
         raise
-    finally:
-        for temp in temps:
-            remove_path(temp)
     say(report.table())
-    verdict = "all artifacts verified" if report.passed else "VERIFICATION FAILED"
-    say(f"{verdict}; report: {os.path.join(output_dir, REPORT_FILE)}")
+    if report["installed"]:
+        verdict = "all artifacts verified" if report.passed else "VERIFICATION FAILED"
+        say(f"{verdict}; report: {os.path.join(output_dir, REPORT_FILE)}")
+    else:
+        say(f"VERIFICATION FAILED; the earlier export in {output_dir} was left as it was (this report is not saved)")
     return report
 
 

@@ -14,9 +14,14 @@ class ExportReport(dict):
     """What an export wrote and how each artifact compared with the Keras model.
 
     A dict (the content of ``report.json``) with ``passed`` (all artifacts
-    within tolerance), ``artifacts`` (one row each: ``artifact``, ``path``,
-    ``size_mb``, ``max_abs_diff``, ``top1_agreement``, ``latency_ms``,
-    ``tolerance``, ``passed``, ``error``), and what was compared on.
+    within tolerance), ``installed`` (whether this export is the one in the
+    output folder: a failed export leaves an earlier one as it was),
+    ``artifacts`` (one row each: ``artifact``, ``path``, ``size_mb``,
+    ``max_abs_diff``, ``top1_agreement`` (up to near-ties),
+    ``top1_agreement_strict``, ``decisive_samples``, ``latency_ms``,
+    ``tolerance``, ``passed``, ``error``), ``skipped`` (formats left out, with
+    the option that adds them), ``verification`` (the top-1 rule and how many
+    samples were decisive), and what was compared on.
     """
 
     @property
@@ -30,8 +35,14 @@ class ExportReport(dict):
                 return row
         raise KeyError(f"No artifact {artifact!r} in this report; it has {[r['artifact'] for r in self['artifacts']]}.")
 
+    @property
+    def installed(self):
+        return bool(self.get("installed", True))
+
     def table(self):
-        return format_table(self.get("reference"), self.get("artifacts", []))
+        return format_table(
+            self.get("reference"), self.get("artifacts", []), self.get("verification"), self.get("skipped", ())
+        )
 
     def __str__(self):
         return self.table()
@@ -45,8 +56,12 @@ def _fmt(value, spec):
     return format(value, spec)
 
 
-def format_table(reference, rows):
-    """The printed table: artifact, size MB, max diff, top-1 agreement, latency ms at batch 1, result."""
+def format_table(reference, rows, verification=None, skipped=()):
+    """The printed table: artifact, size MB, max diff, top-1 agreement, latency ms at batch 1, result.
+
+    Below it: each row's error, the top-1 rule and the decisive samples (``verification``), and the
+    formats ``skipped``.
+    """
     header = ("artifact", "size MB", "max |diff| logits", "top-1 agree", "latency ms", "tolerance", "result")
     lines = []
     if reference:
@@ -76,6 +91,21 @@ def format_table(reference, rows):
     for row in rows:
         if row.get("error"):
             out.append(f"{row['artifact']}: {row['error']}")
+    if verification:
+        out.append(
+            f"top-1 agree: up to near-ties (a class within {verification['decisive_margin']:g} logits of the Keras "
+            f"model's top one counts); {verification['decisive_samples']} of {verification['samples']} samples "
+            "decisive, where only the same class counts"
+        )
+        strict = [
+            f"{row['artifact']} {100 * row['top1_agreement_strict']:.1f}%"
+            for row in rows
+            if row.get("top1_agreement_strict") is not None and row["top1_agreement_strict"] != row["top1_agreement"]
+        ]
+        if strict:
+            out.append("strict top-1 agreement (near-ties included): " + ", ".join(strict))
+    for entry in skipped:
+        out.append(f"{entry['artifact']}: skipped ({entry['reason']}); add it with {entry['enable_with']}")
     return "\n".join(out)
 
 

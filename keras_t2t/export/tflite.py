@@ -1,66 +1,101 @@
-"""TFLite: the four conversions of the SavedModel, the flatbuffer's op listing, and LiteRT's interpreter.
+"""TFLite: the four conversions of the SavedModel, each with float or uint8-pixel input, and LiteRT's interpreter.
 
 The models use builtin ops only (no Select-TF/Flex ops), so they run in the
-standard LiteRT interpreter. In the full-integer model every op runs in int8
-except ``INT8_FLOAT_OPS``: the performer's normalising division (``DIV``) has a
-divisor spanning orders of magnitude across tokens that rounds to zero in int8,
-which the int8 kernel rejects. It stays a float32 island, as it does under
-mixed precision.
+standard LiteRT interpreter. ``int8`` is the recipe of
+``keras_t2t.export.quantize``: the fully connected layers in int8, the rest in
+float32. Every file carries TFLite metadata (``keras_t2t.export.metadata``):
+image size, input normalisation and the labels, which MediaPipe's
+``ImageClassifier`` and the TFLite Task Library read. A ``pixels`` model is
+converted from the SavedModel's ``serving_uint8`` signature: it takes uint8
+RGB pixels and normalises inside, as MediaPipe needs (it cannot apply the
+per-channel ImageNet normalisation itself).
 """
 
+import os
+import tempfile
 import warnings
 
 import numpy as np
 
-from keras_t2t.export.serving import INPUT_NAME, SIGNATURE, runtime_threads
+from keras_t2t.data.images import IMAGENET_MEAN, IMAGENET_STD
+from keras_t2t.export.metadata import add_metadata, classifier_metadata, describe_metadata, signature_output_names
+from keras_t2t.export.quantize import INT8_RECIPE, quantize_int8
+from keras_t2t.export.report import LABELS_FILE
+from keras_t2t.export.samples import to_uint8
+from keras_t2t.export.saved_model import write_saved_model
+from keras_t2t.export.serving import INPUT_NAME, SIGNATURE, UINT8_SIGNATURE, runtime_threads
 
 #: The conversions: ``tflite_<quantization>`` is the format name, ``model_<quantization>.tflite`` its file.
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
-#: Ops the full-integer model keeps in float32 (see the module docstring).
-INT8_FLOAT_OPS = ("DIV",)
+#: The input normalisation of the float-input models on 0..255 pixels, as their metadata states it.
+PIXEL_MEAN = tuple(255.0 * m for m in IMAGENET_MEAN)
+PIXEL_STD = tuple(255.0 * s for s in IMAGENET_STD)
 
 
-def convert_tflite(saved_model_dir, quantization="float32", representative=None):
-    """The ``.tflite`` flatbuffer (bytes) of the SavedModel's ``serving_default`` signature.
+def convert_tflite(saved_model_dir, quantization="float32", representative=None, pixels=False):
+    """The ``.tflite`` flatbuffer (bytes) of one signature of the SavedModel, without metadata.
 
     ``quantization`` is one of ``QUANTIZATIONS``: ``float32``; ``float16``
-    weights; ``dynamic_int8`` (int8 weights, float activations); ``int8`` (full
-    integer, int8 input and output, calibrated on ``representative``: normalised
-    images, one per row).
+    weights; ``dynamic_int8`` (int8 weights, float activations quantized at
+    run time); ``int8`` (``keras_t2t.export.quantize``: int8 fully connected
+    layers calibrated on ``representative``, normalised images one per row).
+    ``pixels`` converts the ``serving_uint8`` signature (uint8 pixel input)
+    instead of ``serving_default`` (normalised float input).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"Unknown TFLite quantization {quantization!r}; accepted: {', '.join(QUANTIZATIONS)}.")
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE])
+    signature = UINT8_SIGNATURE if pixels else SIGNATURE
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[signature])
     # Builtin ops only: the LiteRT interpreter has no Select-TF (Flex) kernels.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "int8":
+        if representative is None:
+            raise ValueError("The int8 conversion is calibrated on representative images; none were given.")
+        return quantize_int8(converter, to_uint8(representative) if pixels else representative)
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantization != "int8":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TF's own deprecation notices about tf.lite
-            return converter.convert()
-    converter.representative_dataset = lambda: ({INPUT_NAME: image[None]} for image in representative)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    # Selective quantization: everything int8 (inputs and outputs too) but INT8_FLOAT_OPS.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter,
-            debug_dataset=lambda: iter(()),
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_ops=list(INT8_FLOAT_OPS), fully_quantize=True
-            ),
-        )
-        return debugger.get_nondebug_quantized_model()
+        warnings.simplefilter("ignore")  # TF's own deprecation notices about tf.lite
+        return converter.convert()
 
 
-def write_tflite(path, sources, quantization):
-    """The format writer: converts ``sources.saved_model_dir`` and writes the flatbuffer to ``path``."""
-    content = convert_tflite(sources.saved_model_dir, quantization, sources.representative)
+def with_metadata(content, name, image_hw, labels=None, pixels=False):
+    """``content`` (a ``.tflite``) with the classifier's metadata and, when given, ``labels.txt`` inside."""
+    height, width = image_hw
+    normalization = None if pixels else (PIXEL_MEAN, PIXEL_STD)
+    files = {}
+    if labels is not None:
+        files[LABELS_FILE] = "".join(f"{label}\n" for label in labels).encode("utf-8")
+    metadata = classifier_metadata(
+        name,
+        f"{name}: image classifier ({height}x{width} RGB"
+        + (", uint8 pixels" if pixels else ", float input normalised as stated")
+        + "), outputs logits and probabilities. Exported by keras-t2t.",
+        image_hw,
+        signature_output_names(content),
+        labels_file=LABELS_FILE if labels is not None else None,
+        normalization=normalization,
+        author="keras-t2t",
+    )
+    return add_metadata(content, metadata, files)
+
+
+def write_tflite(path, sources, quantization, pixels=False):
+    """The format writer: converts ``sources.saved_model_dir``, adds the metadata, writes the file at ``path``."""
+    if pixels and not sources.uint8_signature:
+        # The exported SavedModel leaves out serving_uint8: convert from one of our own that has it.
+        with tempfile.TemporaryDirectory(prefix="keras_t2t_uint8_") as scratch:
+            saved_model = os.path.join(scratch, "saved_model")
+            write_saved_model(sources.classifier, saved_model, uint8_signature=True)
+            content = convert_tflite(saved_model, quantization, sources.representative, pixels)
+    else:
+        content = convert_tflite(sources.saved_model_dir, quantization, sources.representative, pixels)
+    image_hw = tuple(int(v) for v in sources.classifier.inputs[0].shape[1:3])
+    content = with_metadata(content, sources.classifier.name, image_hw, sources.labels, pixels)
     with open(path, "wb") as handle:
         handle.write(content)
 
@@ -105,26 +140,40 @@ def tflite_operators(path_or_bytes):
     return _count(name for name, _, _ in _operators(path_or_bytes))
 
 
-def tflite_float_ops(path_or_bytes):
-    """``{op name: count}`` of the ops computing in float32 (DEQUANTIZE aside) in a quantized model."""
+def _ops_computing_in(path_or_bytes, tensor_type):
+    """``{op name: count}`` of the ops whose first input is of ``tensor_type`` (quantize/shape ops aside)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    def float_output(graph, op):
-        return any(graph.Tensors(op.Outputs(i)).Type() == schema.TensorType.FLOAT32 for i in range(op.OutputsLength()))
+    wanted = getattr(schema.TensorType, tensor_type)
+
+    def computes_in(graph, op):
+        return op.InputsLength() > 0 and op.Inputs(0) >= 0 and graph.Tensors(op.Inputs(0)).Type() == wanted
 
     return _count(
         name
         for name, graph, op in _operators(path_or_bytes)
-        if name not in ("DEQUANTIZE", "SHAPE") and float_output(graph, op)
+        if name not in ("QUANTIZE", "DEQUANTIZE", "SHAPE") and computes_in(graph, op)
     )
 
 
+def tflite_float_ops(path_or_bytes):
+    """``{op name: count}`` of the ops computing in float32 (quantize/dequantize and SHAPE aside)."""
+    return _ops_computing_in(path_or_bytes, "FLOAT32")
+
+
+def tflite_int8_ops(path_or_bytes):
+    """``{op name: count}`` of the ops computing in int8 (quantize/dequantize aside)."""
+    return _ops_computing_in(path_or_bytes, "INT8")
+
+
 def inspect_tflite(path, quantization):
-    """The format's extra report fields (``ops``; ``float_ops`` of the full-integer model) and its error, if any."""
-    fields = {"ops": tflite_operators(path)}
+    """The format's extra report fields (``ops``, ``metadata``; the int8 model's recipe) and its error, if any."""
+    fields = {"ops": tflite_operators(path), "metadata": describe_metadata(path)}
     custom = [op for op in fields["ops"] if op.startswith("CUSTOM")]
     error = f"non-builtin ops {custom}: the LiteRT interpreter runs builtin ops only" if custom else None
     if quantization == "int8":
+        fields["recipe"] = INT8_RECIPE
+        fields["int8_ops"] = tflite_int8_ops(path)
         fields["float_ops"] = tflite_float_ops(path)
     return fields, error
 
@@ -133,17 +182,27 @@ def inspect_tflite(path, quantization):
 # Running it
 # --------------------------------------------------------------------------
 def tflite_runner(path):
-    """``run(images) -> float32 logits`` through LiteRT's interpreter (int8 input/output (de)quantized here)."""
+    """``run(images) -> float32 logits`` through LiteRT's interpreter, on normalised float images.
+
+    The model's one signature is run. A model taking uint8 pixels gets the
+    pixels the images came from (``keras_t2t.export.samples.to_uint8``: exact
+    for images made by ``eval_transform`` from 8-bit pictures); a quantized
+    int8 input or output is (de)quantized with its scale and zero point.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=runtime_threads())
-    runner = interpreter.get_signature_runner(SIGNATURE)
+    signatures = list(interpreter.get_signature_list())
+    runner = interpreter.get_signature_runner(SIGNATURE if SIGNATURE in signatures else signatures[0])
     input_detail = runner.get_input_details()[INPUT_NAME]
     output_detail = runner.get_output_details()["logits"]
+    takes_pixels = input_detail["dtype"] == np.uint8 and not input_detail["quantization"][0]
 
     def run(images):
         x = images
-        if input_detail["dtype"] != np.float32:
+        if takes_pixels:
+            x = to_uint8(images)
+        elif input_detail["dtype"] != np.float32:
             scale, zero = input_detail["quantization"]
             info = np.iinfo(input_detail["dtype"])
             x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(input_detail["dtype"])

@@ -1,4 +1,14 @@
-"""Verification: an artifact runs in its own runtime on the sample images and is compared with Keras."""
+"""Verification: an artifact runs in its own runtime on the sample images and is compared with Keras.
+
+Top-1 is compared up to near-ties (``top1_agreement``): a sample agrees when
+the artifact's top class is the reference's, or a class the reference scores
+within ``decisive_margin`` logits of its top one. On a *decisive* sample (the
+reference's top class leads the runner-up by more than the margin) that is
+exact agreement; on a near-tie, where rounding may legitimately swap the top
+two, either of the tied classes is right. So the outcome cannot flip on a
+near-tie, and an artifact that picks a class the reference rates far below its
+top one still fails. The strict agreement on all samples is reported too.
+"""
 
 import dataclasses
 import os
@@ -8,10 +18,15 @@ import numpy as np
 
 from keras_t2t.export.serving import UINT8_SIGNATURE
 
+#: Logits by which the reference's top class must lead for a sample to be decisive: a top class
+#: at least e**0.1 = 1.105 times as probable as the runner-up under softmax.
+DEFAULT_DECISIVE_MARGIN = 0.1
+
 
 @dataclasses.dataclass(frozen=True)
 class Checks:
-    """The sample images, the Keras model's logits on them (float64), and the pass criteria's options."""
+    """The sample images, the Keras model's logits on them (float64), and the pass criteria's options
+    (``decisive_margin``: see the module)."""
 
     samples: np.ndarray
     reference: np.ndarray
@@ -19,6 +34,7 @@ class Checks:
     reference_uint8: np.ndarray | None  # None: no uint8 signature to verify
     int8_agreement: float
     latency_runs: int
+    decisive_margin: float = DEFAULT_DECISIVE_MARGIN
 
 
 def latency_ms(run, image, runs):
@@ -39,6 +55,8 @@ def _row(artifact, path, tolerance, int8_agreement, **measured):
         "size_mb": None,
         "max_abs_diff": None,
         "top1_agreement": None,
+        "top1_agreement_strict": None,
+        "decisive_samples": None,
         "latency_ms": None,
         "tolerance": tolerance.text(int8_agreement),
         "passed": False,
@@ -48,11 +66,50 @@ def _row(artifact, path, tolerance, int8_agreement, **measured):
     return row
 
 
+def decisive(reference, margin):
+    """Per sample: does the reference's top class lead every other class by more than ``margin`` logits?"""
+    reference = np.asarray(reference, np.float64)
+    if reference.shape[1] < 2:
+        return np.ones(len(reference), bool)
+    top_two = np.sort(reference, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0] > margin  # False where the reference is NaN
+
+
+def top1_agreement(logits, reference, margin):
+    """``(agreement up to near-ties, strict agreement, decisive samples)`` of ``logits`` against ``reference``.
+
+    A sample agrees up to near-ties when the reference scores the artifact's top
+    class within ``margin`` of its own top score (see the module).
+    """
+    reference = np.asarray(reference, np.float64)
+    chosen = np.argmax(logits, axis=1)
+    best = np.max(reference, axis=1)
+    near = reference[np.arange(len(reference)), chosen] >= best - margin
+    strict = chosen == np.argmax(reference, axis=1)
+    return float(np.mean(near)), float(np.mean(strict)), int(np.sum(decisive(reference, margin)))
+
+
+def verification_rule(checks):
+    """``report.json``'s ``verification``: how top-1 is compared, and how many samples were decisive."""
+    margin = checks.decisive_margin
+    return {
+        "top1_rule": (
+            "top-1 agreement up to near-ties: a sample agrees when the artifact's top class is one the Keras "
+            f"model scores within {margin:g} logits of its own top class; on decisive samples (top class ahead "
+            f"of the runner-up by more than {margin:g}) only the same class agrees"
+        ),
+        "decisive_margin": margin,
+        "samples": len(checks.reference),
+        "decisive_samples": int(np.sum(decisive(checks.reference, margin))),
+        "logit_rule": "max |logit diff| over every sample and class (float formats)",
+    }
+
+
 def compare(artifact, path, run, images, reference, tolerance, checks):
     """The report row of ``run`` (batch 1, image by image) against the ``reference`` logits."""
     logits = np.concatenate([run(images[i : i + 1]) for i in range(len(images))])
     diff = float(np.max(np.abs(logits.astype(np.float64) - reference)))
-    agreement = float(np.mean(np.argmax(logits, axis=1) == np.argmax(reference, axis=1)))
+    agreement, strict, decisive_count = top1_agreement(logits, reference, checks.decisive_margin)
     return _row(
         artifact,
         path,
@@ -60,6 +117,8 @@ def compare(artifact, path, run, images, reference, tolerance, checks):
         checks.int8_agreement,
         max_abs_diff=diff,
         top1_agreement=agreement,
+        top1_agreement_strict=strict,
+        decisive_samples=decisive_count,
         latency_ms=latency_ms(run, images[:1], checks.latency_runs),
         passed=tolerance.passes(diff, agreement, checks.int8_agreement),
     )

@@ -13,17 +13,21 @@ from keras_t2t.io_utils import atomic_temp_path, install_atomic, write_text_atom
 
 
 def test_the_format_table_is_derived_from_one_record_per_format():
-    assert FORMATS == ("saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8", "onnx")
+    tflite = ["tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8"]
+    assert FORMATS == ("saved_model", *tflite, *(f"{name}_pixels" for name in tflite), "onnx")
     assert ARTIFACT_FILES == {spec.name: spec.file for spec in formats.FORMAT_SPECS}
-    assert [spec.name for spec in formats.FORMAT_SPECS if spec.needs_calibration] == ["tflite_int8"]
+    assert ARTIFACT_FILES["tflite_int8_pixels"] == "model_int8_pixels.tflite"
+    assert [spec.name for spec in formats.FORMAT_SPECS if spec.needs_calibration] == [
+        "tflite_int8", "tflite_int8_pixels"]
     assert [spec.name for spec in formats.FORMAT_SPECS if spec.is_directory] == ["saved_model"]
 
 
 def test_report_json_describes_each_tolerance_once_naming_its_formats():
     assert formats.tolerance_descriptions(0.95) == {
-        "float (saved_model, tflite_float32, onnx)": "max |logit diff| <= 0.0001",
-        "tflite_float16": "top-1 agreement 100%",
-        "int8 (tflite_dynamic_int8, tflite_int8)": "top-1 agreement >= 95%",
+        "float (saved_model, tflite_float32, tflite_float32_pixels, onnx)": "max |logit diff| <= 0.0001",
+        "float16 (tflite_float16, tflite_float16_pixels)": "top-1 agreement 100%",
+        "int8 (tflite_dynamic_int8, tflite_int8, tflite_dynamic_int8_pixels, tflite_int8_pixels)":
+            "top-1 agreement >= 95%",
     }
     assert formats.FORMAT_BY_NAME["tflite_float16"].tolerance.text(0.95) == "top-1 = 100%"
     assert formats.FORMAT_BY_NAME["tflite_int8"].tolerance.text(0.9) == "top-1 >= 90%"
