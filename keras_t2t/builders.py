@@ -57,6 +57,7 @@ def build_model(
     checkpoint_entry=None,
     verbose=True,
     state_dict=None,
+    skip_mismatch=False,
     **kwargs,
 ):
     """Builds the registry row ``model_name`` with the ``keras.applications`` keywords.
@@ -67,6 +68,9 @@ def build_model(
     that head is kept and the weights hold Token Labeling's ``aux_head`` too, the
     model gets ``token_labeling_head=True`` unless the keyword says otherwise.
     ``state_dict`` (already read from ``weights``) saves reading the file twice.
+    Weights that do not cover the model exactly (another depth, tensors the model
+    lacks) are refused naming them, unless ``skip_mismatch=True`` (Keras' name): then
+    what fits loads and a warning names the rest.
     """
     preset = get_preset(model_name)
     config = dict(preset.config)
@@ -109,11 +113,11 @@ def build_model(
     )
     if weights is not None:
         if is_vit:
-            report = loading.load_vit_weights(model, weights)
+            report = loading.load_vit_weights(model, weights, skip_mismatch=skip_mismatch)
         elif state is None:
-            report = loading.load_weights(model, weights)
+            report = loading.load_weights(model, weights, skip_mismatch=skip_mismatch)
         else:
-            report = loading.load_state_dict(model, state)
+            report = loading.load_state_dict(model, state, skip_mismatch=skip_mismatch)
         model.weights_report = report
         if verbose and isinstance(report, dict) and any(report.get(k) for k in (*HEADS, "pos_embed_resized")):
             print(f"keras_t2t: {model_name} from {os.fspath(weights)}: {report}")
@@ -162,7 +166,8 @@ def _make_builder(model_name):
         f"``{model_name}``: {preset.describe()}; built at {preset.image_size}x{preset.image_size} unless "
         "input_shape says otherwise.\n\n"
         "Args: the keras.applications keywords (include_top, weights, input_shape, pooling, classes,\n"
-        f"classifier_activation, name). ``weights`` is None, {tags}or a path to {files}.\n"
+        f"classifier_activation, name). ``weights`` is None, {tags}or a path to {files};\n"
+        "weights that do not cover the model exactly are refused unless ``skip_mismatch=True``.\n"
         "``classes`` defaults to the class count of the weights' head, else 1000.\n"
         f"Other keywords (drop_path_rate, qk_scale, dtype, ...) go to ``keras_t2t.{model_class.__name__}``."
     )

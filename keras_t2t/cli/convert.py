@@ -5,7 +5,7 @@ Command line (also installed as ``keras-t2t-convert``)::
     python -m keras_t2t.cli.convert CHECKPOINT --output OUT.keras|OUT.weights.h5
         [--variant NAME] [--weights-entry {auto,state_dict_ema,state_dict,model,net,bare}]
         [--image-size N|HxW] [--classes N | --no-top] [--qk-scale FLOAT]
-        [--classifier-activation NAME|none] [--overwrite]
+        [--classifier-activation NAME|none] [--overwrite] [--allow-nonfinite]
 
 The output's suffix picks the format: ``.keras`` (the whole model) or
 ``.weights.h5`` (weights only; rebuild with the variant's builder and pass the
@@ -18,6 +18,11 @@ classes to the checkpoint's head. The authors' CIFAR fine-tunes keep their
 weights under ``net`` (found by ``auto``); the Token Labeling checkpoint's
 ``aux_head`` is kept with its head (``keras_t2t.T2TViT``'s ``token_labeling_head``).
 ``python -m keras_t2t.convert_cli`` is the same command.
+
+The output folder is checked first (it must exist and be writable). A checkpoint
+whose weights hold NaN or Inf is refused when it is read, naming the tensors
+(``--allow-nonfinite`` converts it as it is; the verification then compares the
+non-finite values by position).
 
 The result is verified before it gets its final name: it is written to a
 temporary file in the output folder, reloaded in this process, its
@@ -33,6 +38,7 @@ Exit codes: 0 success, 2 bad arguments or input (the message starts with
 
 import os
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -46,7 +52,7 @@ from keras_t2t.cli.args import (
     positive_float,
     positive_int,
 )
-from keras_t2t.io_utils import atomic_temp_file_like, install_atomic, remove_path
+from keras_t2t.io_utils import atomic_temp_file_like, check_output_folder, install_atomic, remove_path
 from keras_t2t.models.presets import ALL_VARIANTS
 from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT, T2TViT
 from keras_t2t.weights.detect import (
@@ -55,6 +61,7 @@ from keras_t2t.weights.detect import (
     describe_variant,
     detect_variant,
 )
+from keras_t2t.weights.loading import NonFiniteWeightsWarning, describe_nonfinite, nonfinite_counts
 from keras_t2t.weights.mapping import HEADS, model_state_dict, resize_pos_embed
 from keras_t2t.weights.torch_pickle import CheckpointError, load_state_dict_file
 
@@ -109,6 +116,10 @@ def build_parser():
         help="activation of the head's output (default softmax; 'none' for logits)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true",
+        help="convert a checkpoint whose weights hold NaN or Inf as it is (refused by default)",
+    )
     return parser
 
 
@@ -131,6 +142,18 @@ def _read(path, entry):
             f"{path!r} is already a Keras file; this tool converts the authors' PyTorch checkpoints (*.pth.tar)"
         )
     return load_state_dict_file(path, which=entry)
+
+
+def _nonfinite(path, state, info, allowed):
+    """{key: (NaN, Inf)} of the checkpoint's weights; any is an error unless ``allowed``."""
+    counts = nonfinite_counts(state)
+    if counts and not allowed:
+        raise ConversionError(
+            f"checkpoint {path!r} holds NaN or Inf in its {info['source_key']!r} weights: "
+            f"{describe_nonfinite(counts, len(state))}; a model of them gives no finite scores "
+            "(--allow-nonfinite converts them as they are)"
+        )
+    return counts
 
 
 def _predict(model, images):
@@ -181,8 +204,8 @@ def _check_tensors(written, expected, report):
         want = expected[key].astype(got.dtype)
         if got.shape != want.shape:
             problems.append(f"{key}: shape {got.shape}, checkpoint {want.shape}")
-        elif not np.array_equal(got, want):
-            problems.append(f"{key}: max abs diff {float(np.max(np.abs(got.astype('float64') - want))):.3g}")
+        elif not np.array_equal(got, want, equal_nan=True):
+            problems.append(f"{key}: max abs diff {_max_abs_diff(got, want):.3g}")
     if problems:
         raise VerificationError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
     return len(set(expected) & set(written))
@@ -193,6 +216,7 @@ def convert(args, out=print):
     output = os.path.abspath(args.output)
     fmt = _output_format(output)
     folder = os.path.dirname(output)
+    check_output_folder(folder, "the --output folder")  # unwritable: one line, before any work
     if not os.path.isdir(folder):
         raise ConversionError(f"the output folder {folder!r} does not exist")
     if os.path.exists(output) and not args.overwrite:
@@ -204,6 +228,7 @@ def convert(args, out=print):
 
     entry = None if args.weights_entry == "auto" else args.weights_entry
     state, info = _read(args.checkpoint, entry)
+    nonfinite = _nonfinite(args.checkpoint, state, info, args.allow_nonfinite)
 
     ckpt_size = checkpoint_image_size(state)
     size = args.image_size or ckpt_size
@@ -227,9 +252,12 @@ def convert(args, out=print):
     if args.qk_scale is not None:
         build_kwargs["qk_scale"] = args.qk_scale
 
-    model = from_checkpoint(
-        args.checkpoint, variant=args.variant, which=entry, state_dict=state, info=info, verbose=False, **build_kwargs
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWeightsWarning)  # said below, in its own line
+        model = from_checkpoint(
+            args.checkpoint, variant=args.variant, which=entry, state_dict=state, info=info, verbose=False,
+            **build_kwargs,
+        )
     found = model.checkpoint_info
     variant, detected, overrides = found["variant"], found["detected"], found["overrides"]
     # What rebuilds this model for a .weights.h5 file.
@@ -255,6 +283,8 @@ def convert(args, out=print):
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     out(f"parameters: {model.count_params():,} ({trainable:,} trainable)")
     out(f"weights: {report}")
+    if nonfinite:
+        out(f"non-finite weights (converted as they are, --allow-nonfinite): {describe_nonfinite(nonfinite, len(state))}")
 
     # Keras picks the format from the suffix, so the temporary file keeps it.
     tmp_path = atomic_temp_file_like(output, fmt)
@@ -288,7 +318,7 @@ def _verify(tmp_path, fmt, model, variant, build_kwargs, state, report, out, nam
         raise VerificationError(f"reloading the written file failed: {type(error).__name__}: {error}") from error
     if got_out.shape != expected_out.shape:
         raise VerificationError(f"reloaded output shape {got_out.shape}, in-memory {expected_out.shape}")
-    diff = float(np.max(np.abs(got_out.astype("float64") - expected_out))) if got_out.size else 0.0
+    diff = _max_abs_diff(got_out, expected_out)
     out(f"verify: reloaded {name}; predictions on {VERIFY_IMAGES} random images: max abs diff {diff:.3g}")
     if not diff <= PREDICTION_ATOL:
         raise VerificationError(
@@ -297,6 +327,16 @@ def _verify(tmp_path, fmt, model, variant, build_kwargs, state, report, out, nam
         )
     checked = _check_tensors(model_state_dict(reloaded), _expected_tensors(state, model, report), report)
     out(f"verify: {checked} tensors equal the checkpoint's")
+
+
+def _max_abs_diff(got, want):
+    """The largest |got - want|, NaN and Inf counting as equal where both hold the same; 0.0 when empty."""
+    got, want = np.asarray(got, "float64"), np.asarray(want, "float64")
+    if not got.size:
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        same = (got == want) | (np.isnan(got) & np.isnan(want))
+        return float(np.max(np.where(same, 0.0, np.abs(got - want))))
 
 
 def main(argv=None):

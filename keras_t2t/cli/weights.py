@@ -15,7 +15,8 @@ that ``keras_t2t.t2t_vit_14(weights="imagenet")`` then needs no network.
 first. See ``keras_t2t.weights.pretrained``.
 
 Exit codes: 0 success; 1 a fetch failed (one ``error:`` line per failure, the
-others still fetched); 2 bad arguments or settings.
+others still fetched); 2 bad arguments or settings (a cache folder that cannot be
+written included: checked before any download).
 """
 
 import os
@@ -79,6 +80,7 @@ def _fetch(args):
     if not wanted:
         raise UsageError("fetch needs MODEL:TAG arguments or --all (see keras-t2t-weights list)")
     pretrained.weights_base_url()  # a bad KERAS_T2T_WEIGHTS_URL is a usage error, before any download
+    pretrained.check_cache_dir()  # so is a cache that cannot be written
     failed = 0
     for model, tag in dict.fromkeys(wanted):
         name = f"{model}:{tag}"

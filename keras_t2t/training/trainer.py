@@ -61,15 +61,8 @@ def build_model(recipe, num_classes, weights=None, verbose=True):
         kwargs["t2t_dropout"] = recipe.t2t_dropout
     model = create_model(recipe.model, **kwargs)
     if weights:
-        if os.fspath(weights).endswith(".weights.h5"):
-            try:
-                # This trainer's own best/last files fit a model of the same recipe as they are.
-                model.load_weights(weights)
-                report = "loaded as saved (same configuration)"
-            except ValueError:
-                report = load_any_weights(model, weights)
-        else:
-            report = load_any_weights(model, weights)
+        # Any file, this trainer's own included: Keras' load_weights would ignore a deeper variant's extra blocks.
+        report = load_any_weights(model, weights)
         if verbose:
             print(f"weights: {os.fspath(weights)}: {report}")
     return model
@@ -317,6 +310,7 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
         "model": recipe.model,
         "dataset": recipe.dataset,
         "num_classes": source.num_classes,
+        "class_names": list(source.class_names),  # the labels of keras_t2t.export
         "num_train": source.num_train,
         "num_val": min(source.num_val, recipe.val_limit) if recipe.val_limit else source.num_val,
         "skipped_images": len(source.skipped),

@@ -176,8 +176,17 @@ def resize_pos_embed(pos_embed, new_grid, old_grid=None):
     return np.concatenate([cls_row, resized.astype(pos_embed.dtype)], axis=1)
 
 
+# What ``skip_mismatch=True`` left out, by kind (``WeightLoadReport["skipped"]``).
+SKIPPED_KINDS = {
+    "missing": "missing from the weights (the model keeps its own)",
+    "unexpected": "not in the model (ignored)",
+    "mismatched": "of another shape than the model's (the model keeps its own)",
+}
+
+
 class WeightLoadReport(dict):
-    """What a load did: keys loaded, each head (``HEADS``) dropped or not, the table resized or not."""
+    """What a load did: keys loaded, each head (``HEADS``) dropped or not, the table resized or not,
+    and what ``skip_mismatch=True`` left out (``skipped``: {kind: keys}, see ``SKIPPED_KINDS``; or None)."""
 
     def __str__(self):
         lines = [f"loaded {self['loaded']} tensors"]
@@ -187,58 +196,84 @@ class WeightLoadReport(dict):
         if self.get("pos_embed_resized"):
             old, new = self["pos_embed_resized"]
             lines.append(f"position table resized from a {old[0]}x{old[1]} to a {new[0]}x{new[1]} grid")
+        if self.get("skipped"):
+            lines.append(describe_skipped(self["skipped"]))
         return "; ".join(lines)
 
 
-def checkpoint_filter_fn(state_dict, model):
+def describe_skipped(skipped):
+    """One line naming what ``skip_mismatch=True`` left out ({kind: names}, kinds of ``SKIPPED_KINDS``)."""
+    parts = [f"{len(skipped[kind])} {why}: {few_names(skipped[kind])}" for kind, why in SKIPPED_KINDS.items()
+             if skipped.get(kind)]
+    return "skip_mismatch: not loaded, " + "; ".join(parts)
+
+
+def checkpoint_filter_fn(state_dict, model, skip_mismatch=False):
     """The authors' state dict -> {variable path: array in this model's layout}.
 
     A pure function: transposes Linear weights, resizes the position table to
     the model's grid, and leaves out a head (``HEADS``: the class head and Token
     Labeling's ``aux_head``) when the model has none or has another number of
     classes, saying so in the report. DataParallel's ``module.`` prefix is accepted
-    (``normalize_state_dict``). Anything else that does not fit is an error
-    naming the keys.
+    (``normalize_state_dict``). Anything else that does not fit (a weight the
+    model has and the dict lacks, a key the model lacks, another shape) is an
+    error naming the keys, unless ``skip_mismatch`` (Keras' name): then only what
+    fits is returned and the report's ``skipped`` names the rest.
     """
     mapping = variable_map(model)
     state = normalize_state_dict(state_dict)
-    report = WeightLoadReport(loaded=0, pos_embed_resized=None, **dict.fromkeys(HEADS))
+    report = WeightLoadReport(loaded=0, pos_embed_resized=None, **dict.fromkeys(HEADS), skipped=None)
     model_heads = set()
     for entry, prefix in HEADS.items():
         state, report[entry] = _fit_head(state, mapping, prefix, model)
         model_heads |= {k for k in mapping if k.startswith(prefix)}
 
-    missing = sorted(k for k in mapping if k not in state and k not in model_heads)
-    unexpected = sorted(k for k in state if k not in mapping)
-    if missing or unexpected:
+    skipped = {
+        "missing": sorted(k for k in mapping if k not in state and k not in model_heads),
+        "unexpected": sorted(k for k in state if k not in mapping),
+        "mismatched": [],
+    }
+    if (skipped["missing"] or skipped["unexpected"]) and not skip_mismatch:
         raise ValueError(
             "The weights do not fit this model "
-            f"({_describe(model)}). Missing from the weights: {_few(missing)}. "
-            f"Not in the model: {_few(unexpected)}. Check the variant (or let keras_t2t.detect_variant "
-            "pick it from the checkpoint)."
+            f"({describe_model(model)}). Missing from the weights: {few_names(skipped['missing'])}. "
+            f"Not in the model: {few_names(skipped['unexpected'])}. Check the variant (or let "
+            "keras_t2t.detect_variant pick it from the checkpoint), or pass skip_mismatch=True to load only "
+            "the weights that fit."
         )
 
     out = {}
     for key, (variable, layout) in mapping.items():
         if key not in state:
             continue
-        value = np.asarray(state[key])
-        if key == "pos_embed" and value.shape != tuple(variable.shape):
-            if value.ndim != 3 or value.shape[-1] != variable.shape[-1]:
-                raise ValueError(
-                    f"pos_embed has shape {value.shape}; the model needs (1, N, {variable.shape[-1]})."
-                )
-            old_grid = square_grid(value.shape[1] - 1, model)
-            value = resize_pos_embed(value, model.grid_size, old_grid)
-            report["pos_embed_resized"] = (old_grid, tuple(model.grid_size))
-        expected = torch_shape(variable.shape, layout)
-        if value.shape != expected:
-            raise ValueError(
-                f"{key} has shape {np.shape(state[key])} in the weights; the model ({_describe(model)}) needs {expected}."
-            )
-        out[variable.path] = from_torch_layout(value, layout)
+        try:
+            value = _fitted(key, np.asarray(state[key]), variable, layout, model, report)
+        except ValueError as error:
+            if not skip_mismatch:
+                raise
+            skipped["mismatched"].append(f"{key} {np.shape(state[key])} ({error})")
+            continue
+        out[variable.path] = value
         report["loaded"] += 1
+    if any(skipped.values()):
+        report["skipped"] = {kind: names for kind, names in skipped.items() if names}
     return out, report
+
+
+def _fitted(key, value, variable, layout, model, report):
+    """``value`` (the weights' ``key``) in ``variable``'s layout, its position table resized; else a ValueError."""
+    if key == "pos_embed" and value.shape != tuple(variable.shape):
+        if value.ndim != 3 or value.shape[-1] != variable.shape[-1]:
+            raise ValueError(f"pos_embed has shape {value.shape}; the model needs (1, N, {variable.shape[-1]}).")
+        old_grid = square_grid(value.shape[1] - 1, model)
+        value = resize_pos_embed(value, model.grid_size, old_grid)
+        report["pos_embed_resized"] = (old_grid, tuple(model.grid_size))
+    expected = torch_shape(variable.shape, layout)
+    if value.shape != expected:
+        raise ValueError(
+            f"{key} has shape {value.shape} in the weights; the model ({describe_model(model)}) needs {expected}."
+        )
+    return from_torch_layout(value, layout)
 
 
 def _fit_head(state, mapping, prefix, model):
@@ -282,14 +317,23 @@ def square_grid(num_tokens, model):
     )
 
 
-def _few(keys, limit=6):
+def few_names(keys, limit=6):
+    """``a, b, c and 4 more (in blocks.4, blocks.5)``: at most ``limit`` names, then where all of them are
+    (the block, or the first part of the name); "none" for no names."""
     if not keys:
         return "none"
     shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+    if len(keys) <= limit:
+        return shown
+    more = f"{shown} and {len(keys) - limit} more"
+    where = list(dict.fromkeys(".".join(key.split(".")[:2 if key.startswith("blocks.") else 1]) for key in keys))
+    if len(where) == len(keys) or any(" " in key for key in keys):  # nothing to add, or not checkpoint keys
+        return more
+    return f"{more} (in {', '.join(where[:12])}{', ...' if len(where) > 12 else ''})"
 
 
-def _describe(model):
+def describe_model(model):
+    """One line of a T2T-ViT's architecture: "performer T2T, embed_dim 256, depth 7, 224x224 input"."""
     h, w, _ = model.image_shape
     block_type = getattr(model, "block_type", "standard")
     blocks = "" if block_type == "standard" else f"{block_type} blocks, "

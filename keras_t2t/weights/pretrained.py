@@ -35,6 +35,7 @@ import keras
 
 from keras_t2t.io_utils import (
     atomic_temp_file_like,
+    check_output_folder,
     install_atomic,
     remove_path,
     remove_stale_temporaries,
@@ -52,6 +53,7 @@ __all__ = [
     "WeightsFetchError",
     "build_arguments",
     "cache_dir",
+    "check_cache_dir",
     "converted_name",
     "converted_weights",
     "fetch_checkpoint",
@@ -183,13 +185,25 @@ def _update_index(folder, add=None, drop=()):
     write_json_atomic(os.path.join(folder, INDEX_NAME), index)
 
 
-def _writable(folder):
+def check_cache_dir():
+    """The weights cache folder (``cache_dir()``), or a ValueError (one line) when it cannot be written there.
+
+    Nothing is created (``keras_t2t.io_utils.check_output_folder``): ``keras-t2t-weights fetch``
+    checks it before any download.
+    """
     try:
+        return check_output_folder(cache_dir(), "The weights cache ($KERAS_HOME/keras_t2t)")
+    except ValueError as error:
+        raise ValueError(f"{error} Set KERAS_HOME to a writable folder.") from None
+
+
+def _writable():
+    """The weights cache folder, created; a WeightsFetchError when it cannot be written."""
+    try:
+        folder = check_cache_dir()
         os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise WeightsFetchError(f"Cannot create the weights cache {folder!r} ({error}); set KERAS_HOME.") from error
-    if not os.access(folder, os.W_OK):
-        raise WeightsFetchError(f"The weights cache {folder!r} is not writable; set KERAS_HOME to a writable folder.")
+    except (ValueError, OSError) as error:
+        raise WeightsFetchError(str(error)) from error
     return folder
 
 
@@ -275,7 +289,7 @@ def _download(model_name, release, folder):
 
 
 def _checkpoint(model_name, release):
-    folder = _writable(cache_dir())
+    folder = _writable()
     # What killed downloads or conversions left (an active one's file is younger than an hour).
     remove_stale_temporaries(folder, [".*.partial-*"])
     path = _verified(folder, release.file, "fetching")

@@ -20,6 +20,12 @@ or argparse function is ever called through the pickle).  Tensors come back as
 :class:`CheckpointNamespace`, ``torch.dtype``/``torch.device`` as strings.
 Anything else is refused with :class:`CheckpointError`.
 
+Sizes are checked before anything is inflated: every zip record's declared size
+against what the pickle declares of it, the pickle against ``MAX_PICKLE_BYTES``
+and the tensors' total against ``MAX_CHECKPOINT_BYTES`` (a ceiling tied to the
+largest model), so a small file claiming gigabytes (a deflate bomb) is refused
+while it is still small.
+
 Public API: :class:`CheckpointError`, :func:`read_checkpoint`,
 :func:`extract_state_dict`, :func:`load_state_dict_file`, and
 :func:`normalize_state_dict` (the one place DataParallel's ``module.`` prefix
@@ -45,6 +51,9 @@ import numpy as np
 __all__ = [
     "ALLOWED_GLOBALS",
     "DATA_PARALLEL_PREFIX",
+    "LARGEST_MODEL_WEIGHTS",
+    "MAX_CHECKPOINT_BYTES",
+    "MAX_PICKLE_BYTES",
     "CheckpointError",
     "CheckpointNamespace",
     "CheckpointNotFoundError",
@@ -59,6 +68,19 @@ _ACCEPTED = (
     "legacy format) holding tensors, plain Python containers and scalars, "
     "OrderedDict, torch.Size, torch dtypes/devices and argparse.Namespace"
 )
+
+# The largest model whose checkpoints this reader is for: T2T-ViT-24, the registry's largest
+# T2T-ViT (64,105,934 weights at 224 with 1000 classes; tests/weights/test_checkpoint_limits.py
+# keeps this true).
+LARGEST_MODEL_WEIGHTS = 64_105_934
+# The tensors a checkpoint may declare in all: timm's training checkpoint holds the weights, their
+# EMA and AdamW's two moments (4 float32 copies), with a factor 2 to spare (float64 files, larger
+# position tables): ~2.05 GB. Bigger is refused before any record is inflated.
+MAX_CHECKPOINT_BYTES = 4 * 4 * 2 * LARGEST_MODEL_WEIGHTS
+# The object pickle (names, shapes, scalars: ~100 KB for T2T-ViT-24 with its optimizer state).
+MAX_PICKLE_BYTES = 16 << 20
+# The byteorder record: "little" or "big".
+_MAX_BYTEORDER_BYTES = 16
 
 # Magic number and protocol version at the start of a legacy torch.save file.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -499,8 +521,9 @@ def _namespace_setstate(self, state):
 
 
 class _Reader:
-    def __init__(self, path):
+    def __init__(self, path, max_bytes=MAX_CHECKPOINT_BYTES):
         self.path = path
+        self.max_bytes = max_bytes
         self.roots = {}
         self.views = {}
         self.big_endian = False
@@ -554,6 +577,17 @@ class _Reader:
             item = _DTYPE_SPECS[dtype][1]
             ref = self.views[("view", view_key)] = _StorageRef(root, offset * item, view_size * item, dtype, untyped)
         return ref
+
+    def check_total(self):
+        """Refuses tensors declared beyond ``max_bytes`` in all, before any is read."""
+        total = sum(root.nbytes for root in self.roots.values())
+        if total > self.max_bytes:
+            raise CheckpointError(
+                f"{self.path}: the checkpoint declares {total:,} bytes of tensors, more than the {self.max_bytes:,} "
+                f"allowed (weights, EMA and optimizer state of the largest model, {LARGEST_MODEL_WEIGHTS:,} "
+                "weights, twice over); nothing was inflated. For a bigger checkpoint of your own, pass "
+                "max_bytes= to keras_t2t.weights.torch_pickle.read_checkpoint or load_state_dict_file."
+            )
 
     def storage_bytes(self, root):
         if root.data is None:
@@ -675,8 +709,8 @@ class _Reader:
 
 
 class _ZipReader(_Reader):
-    def __init__(self, path, zf):
-        super().__init__(path)
+    def __init__(self, path, zf, max_bytes=MAX_CHECKPOINT_BYTES):
+        super().__init__(path, max_bytes)
         self.zf = zf
         names = zf.namelist()
         prefixes = sorted({n[: -len("/data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1})
@@ -692,17 +726,26 @@ class _ZipReader(_Reader):
         names = set(names)
         order_name = f"{self.prefix}/byteorder"
         if order_name in names:
-            order = zf.read(order_name).strip()
+            order = self.read_record(order_name, _MAX_BYTEORDER_BYTES, "a byteorder record").strip()
             if order not in (b"little", b"big"):
                 raise CheckpointError(f"{path}: unknown byteorder record {order[:20]!r} (expected little or big)")
             self.big_endian = order == b"big"
 
-    def load(self):
-        data = self.zf.read(f"{self.prefix}/data.pkl")
-        obj = _SafeUnpickler(io.BytesIO(data), self, allow_persistent=True).load()
-        return self.finalize(obj)
+    def read_record(self, name, limit, what):
+        """The inflated bytes of record ``name``, refused unheard when it declares more than ``limit``."""
+        info = self.zf.getinfo(name)
+        if info.file_size > limit:
+            raise CheckpointError(
+                f"{self.path}: record '{name}' inflates to {info.file_size:,} bytes ({info.compress_size:,} in the "
+                f"file), more than the {limit:,} {what} may hold; nothing was inflated"
+            )
+        data = self.zf.read(info)
+        if len(data) != info.file_size:
+            raise CheckpointError(f"{self.path}: record '{name}' is truncated")
+        return data
 
-    def fetch(self, root):
+    def storage_info(self, root):
+        """The zip entry of ``root``, checked: present, and declaring exactly the bytes the pickle gave it."""
         name = f"{self.prefix}/data/{root.key}"
         try:
             info = self.zf.getinfo(name)
@@ -710,17 +753,31 @@ class _ZipReader(_Reader):
             raise CheckpointError(f"{self.path}: storage record '{name}' is missing from the archive") from None
         if info.file_size != root.nbytes:
             raise CheckpointError(
-                f"{self.path}: storage record '{name}' holds {info.file_size} bytes, expected {root.nbytes}"
+                f"{self.path}: storage record '{name}' inflates to {info.file_size:,} bytes, but the checkpoint "
+                f"declares {root.nbytes:,} bytes for it; nothing was inflated"
             )
+        return info
+
+    def load(self):
+        data = self.read_record(f"{self.prefix}/data.pkl", MAX_PICKLE_BYTES, "the object pickle")
+        obj = _SafeUnpickler(io.BytesIO(data), self, allow_persistent=True).load()
+        # Every size is checked before the first record is inflated.
+        self.check_total()
+        for root in self.roots.values():
+            self.storage_info(root)
+        return self.finalize(obj)
+
+    def fetch(self, root):
+        info = self.storage_info(root)
         data = self.zf.read(info)
         if len(data) != root.nbytes:
-            raise CheckpointError(f"{self.path}: storage record '{name}' is truncated")
+            raise CheckpointError(f"{self.path}: storage record '{info.filename}' is truncated")
         return data
 
 
 class _LegacyReader(_Reader):
-    def __init__(self, path, fh):
-        super().__init__(path)
+    def __init__(self, path, fh, max_bytes=MAX_CHECKPOINT_BYTES):
+        super().__init__(path, max_bytes)
         self.fh = fh
         self.legacy = True
 
@@ -750,6 +807,7 @@ class _LegacyReader(_Reader):
         keys = _SafeUnpickler(self.fh, self, allow_persistent=False).load()
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CheckpointError(f"{self.path}: malformed legacy storage key list")
+        self.check_total()
         remaining = os.fstat(self.fh.fileno()).st_size - self.fh.tell()
         for key in keys:
             root = self.roots.get(key)
@@ -786,14 +844,15 @@ ALLOWED_GLOBALS = frozenset(
 )
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, max_bytes=MAX_CHECKPOINT_BYTES):
     """Read a ``torch.save`` file safely, returning plain Python / numpy objects.
 
     Raises :class:`CheckpointError` for anything that is not such a file, is
-    damaged, or references a global outside :data:`ALLOWED_GLOBALS` (in which
-    case nothing from the file has been executed).  A missing path raises
-    :class:`CheckpointNotFoundError` (a ``CheckpointError`` and a
-    ``FileNotFoundError``).
+    damaged, declares more than ``max_bytes`` of tensors (``MAX_CHECKPOINT_BYTES``:
+    checked before anything is inflated), or references a global outside
+    :data:`ALLOWED_GLOBALS` (in which case nothing from the file has been
+    executed).  A missing path raises :class:`CheckpointNotFoundError` (a
+    ``CheckpointError`` and a ``FileNotFoundError``).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -814,10 +873,10 @@ def read_checkpoint(path):
                         f"{path}: truncated or corrupt zip checkpoint ({exc}); {_ACCEPTED}"
                     ) from None
                 with zf:
-                    return _ZipReader(path, zf).load()
+                    return _ZipReader(path, zf, max_bytes).load()
             if head[:1] == b"\x80":
                 fh.seek(0)
-                return _LegacyReader(path, fh).load()
+                return _LegacyReader(path, fh, max_bytes).load()
             if head[257:262] == b"ustar":
                 raise CheckpointError(
                     f"{path}: a tar archive (the pre-0.4 torch.save format is not supported); {_ACCEPTED}"
@@ -925,14 +984,14 @@ def extract_state_dict(obj, prefer_ema=True, which=None):
     )
 
 
-def load_state_dict_file(path, prefer_ema=True, which=None):
-    """Read ``path`` and return ``(state_dict, info)``.
+def load_state_dict_file(path, prefer_ema=True, which=None, max_bytes=MAX_CHECKPOINT_BYTES):
+    """Read ``path`` and return ``(state_dict, info)`` (``max_bytes``: see ``read_checkpoint``).
 
     ``info`` holds ``'source_key'`` (the entry used, see ``extract_state_dict``) and,
     when the checkpoint has them, ``'arch'``, ``'epoch'`` and ``'acc'`` (the
     accuracy the authors' transfer-learning script saved with its weights).
     """
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, max_bytes=max_bytes)
     try:
         state_dict, source = extract_state_dict(obj, prefer_ema=prefer_ema, which=which)
     except CheckpointError as exc:
