@@ -34,7 +34,26 @@ Per-layer formulas, T tokens, input width d, token width e, m = int(e * kernel_r
 * head: D*classes (when include_top).
 
 All the numbers above are MACs; the returned dict is in FLOPs (x2).
+
+``count_flops`` also gives ``dense_macs``: the MACs of the Dense layers alone
+(kqv/qkv, proj, mlp, fc1, fc2, project, head), without the attention's
+matmul/einsum products and the performer's random features. That is what a
+counter which only hooks layer modules (thop, mmcv's counter) reports: 4.33 G
+for both T2T-ViT-14 and T2T-ViT_t-14, where the full count gives 4.78 G and
+6.09 G (the T2T-ViT README: 4.8 G and 6.1 G). The difference of _t-14 is its
+first T2T layer's softmax attention over 56 x 56 = 3136 tokens: q @ k^T and
+attn @ v cost 2 x 3136^2 x 64 = 1.26 G MACs, which the performer replaces by
+0.03 G.
+
+``count_layer_macs`` counts any built Keras model (``keras.applications``
+ResNets, ...) layer by layer, from the output shapes of its Conv, depthwise,
+separable, transposed-conv and Dense layers (kernel MACs per output position,
+biases not counted, as above).
 """
+
+import math
+
+import keras
 
 from keras_t2t.layers import DEFAULT_T2T_STAGES, unfold_grid
 from keras_t2t.models.presets import get_preset
@@ -42,6 +61,8 @@ from keras_t2t.models.presets import get_preset
 TRAIN_FLOPS_FACTOR = 3
 PERFORMER_KERNEL_RATIO = 0.5
 T2T_MLP_RATIO = 1.0
+# The parts of count_flops that are Dense layers (the rest are matmul/einsum products).
+DENSE_PARTS = ("kqv", "qkv", "proj", "mlp", "fc1", "fc2", "project", "head")
 
 
 def performer_layer_macs(
@@ -120,7 +141,7 @@ def count_flops(model_or_config, input_shape=None):
 
         {"parts": {"attention1.kqv": flops, ..., "project": ..., "blocks_0.qkv": ..., "head": ...},
          "layers": {"attention1": flops, "attention2": ..., "project": ..., "blocks_0": ..., "head": ...},
-         "t2t_flops", "backbone_flops", "head_flops", "total_flops", "total_macs", "tokens"}
+         "t2t_flops", "backbone_flops", "head_flops", "total_flops", "total_macs", "dense_macs", "tokens"}
     """
     config = _config(model_or_config)
     height, width, channels = tuple(
@@ -173,6 +194,7 @@ def count_flops(model_or_config, input_shape=None):
     backbone = sum(v for k, v in layers.items() if k.startswith("blocks_"))
     head = layers.get("head", 0)
     total = t2t + backbone + head
+    dense = sum(v for k, v in parts.items() if k.rpartition(".")[2] in DENSE_PARTS)
     return {
         "parts": parts,
         "layers": layers,
@@ -181,6 +203,7 @@ def count_flops(model_or_config, input_shape=None):
         "head_flops": head,
         "total_flops": total,
         "total_macs": total // 2,
+        "dense_macs": dense // 2,
         "tokens": tokens,
     }
 
@@ -192,3 +215,99 @@ def train_step_flops(model_or_config, batch_size=1, input_shape=None):
         * batch_size
         * count_flops(model_or_config, input_shape)["total_flops"]
     )
+
+
+# The layer types count_layer_macs counts: MACs = output positions x kernel weights
+# (input positions for the transposed convolutions, which scatter each input pixel).
+_KERNEL_LAYERS = (
+    keras.layers.Dense,
+    keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+    keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+)
+_SEPARABLE_LAYERS = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_TRANSPOSED_LAYERS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+COUNTED_LAYER_TYPES = tuple(t.__name__ for t in _KERNEL_LAYERS + _SEPARABLE_LAYERS + _TRANSPOSED_LAYERS)
+
+
+def _positions(layer, tensor, path):
+    """Spatial positions (or tokens) of one image in ``tensor``: every axis but batch and channels."""
+    shape = tuple(tensor.shape)
+    axes = shape[2:] if getattr(layer, "data_format", "channels_last") == "channels_first" else shape[1:-1]
+    if any(size is None for size in axes):
+        raise ValueError(
+            f"count_layer_macs: layer {path!r} has an unknown size {shape}; build the model with a fixed "
+            "input shape, e.g. keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))."
+        )
+    return math.prod(int(size) for size in axes)
+
+
+def _layer_macs(layer, path):
+    try:
+        if isinstance(layer, _TRANSPOSED_LAYERS):
+            return _positions(layer, layer.input, path) * math.prod(layer.kernel.shape)
+        output = layer.output
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"count_layer_macs: layer {path!r} has no single output shape ({error}); it needs a built functional "
+            "or Sequential model whose layers are each called once."
+        ) from None
+    positions = _positions(layer, output, path)
+    if isinstance(layer, _SEPARABLE_LAYERS):
+        return positions * (math.prod(layer.depthwise_kernel.shape) + math.prod(layer.pointwise_kernel.shape))
+    # Dense (in, out), Conv (*k, in / groups, out), DepthwiseConv (*k, in, multiplier): one MAC per kernel weight.
+    return positions * math.prod(layer.kernel.shape)
+
+
+def _calls(container):
+    """How many times each layer of a functional model is called, from its (public) config."""
+    try:
+        config = container.get_config()
+    except (NotImplementedError, TypeError):
+        return {}
+    entries = config.get("layers", ()) if isinstance(config, dict) else ()
+    return {e["name"]: len(e["inbound_nodes"]) for e in entries if isinstance(e, dict) and "inbound_nodes" in e}
+
+
+def count_layer_macs(model):
+    """Multiply-adds of one image's forward pass through ``model``'s Conv and Dense layers.
+
+    ``model``: a built functional or Sequential ``keras.Model`` with a fixed input
+    size (``keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))``);
+    nested functional models are entered. Counted (``COUNTED_LAYER_TYPES``): Dense,
+    Conv1D/2D/3D (groups included), DepthwiseConv1D/2D, SeparableConv1D/2D and the
+    transposed convolutions, each as kernel weights x output positions (input
+    positions for a transposed convolution); biases, normalisation, activations and
+    pooling are not counted. Returns::
+
+        {"layers": {"conv1_conv": macs, ...}, "total_macs", "total_flops" (= 2 x MACs),
+         "uncounted": [names of other layers holding weights of rank >= 2]}
+
+    ``uncounted`` names what this counter cannot see into: a custom layer's own
+    Dense sublayers (T2T-ViT's attention and blocks: count those with
+    ``count_flops``), an ``EinsumDense``, an embedding or position table. Their
+    MACs, if any, are not in the total.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"count_layer_macs counts a keras.Model; got {type(model).__name__}.")
+    layers, uncounted = {}, []
+
+    def visit(container, prefix):
+        calls = _calls(container)
+        for layer in container.layers:
+            path = prefix + layer.name
+            if calls.get(layer.name, 1) > 1:
+                # A shared layer's output attribute is its first call's: the others would go uncounted.
+                raise ValueError(
+                    f"count_layer_macs: layer {path!r} is called {calls[layer.name]} times; it counts "
+                    "models whose layers are each called once."
+                )
+            if isinstance(layer, keras.Model):
+                visit(layer, path + "/")
+            elif isinstance(layer, _KERNEL_LAYERS + _SEPARABLE_LAYERS + _TRANSPOSED_LAYERS):
+                layers[path] = _layer_macs(layer, path)
+            elif any(len(w.shape) >= 2 for w in layer.weights):
+                uncounted.append(path)
+
+    visit(model, "")
+    total = sum(layers.values())
+    return {"layers": layers, "total_macs": total, "total_flops": 2 * total, "uncounted": uncounted}

@@ -149,11 +149,15 @@ _PRESETS = (
     ),
     # ViT baselines. vit_small_patch16 is ViT-S as the T2T-ViT authors define it (their
     # models/vit.py: D 768, depth 8, 8 heads, mlp 3, no qkv bias), not DeiT-S;
-    # vit_base_patch16 is ViT-B/16 (with the qkv bias of the original ViT).
+    # vit_base_patch16 is ViT-B/16 (with the qkv bias of the original ViT); vit_large_patch16 is
+    # ViT-L/16, the ViT of the paper's feature figure (Figure 2): 304M weights at 224, too big
+    # for the tests' build-every-model loops (tests/models/test_vit_large.py counts it cheaply).
     Preset("vit_small_patch16", "vit", "vit",
            dict(patch_size=16, embed_dim=768, depth=8, num_heads=8, mlp_ratio=3.0, qkv_bias=False)),
     Preset("vit_base_patch16", "vit", "vit",
            dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True)),
+    Preset("vit_large_patch16", "vit", "vit",
+           dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, qkv_bias=True)),
     # The built-in digits default (32x32 inputs, two soft splits of stride 2: 32 -> 16 -> 8,
     # 64 tokens) and its ViT twin: the T2T mini's backbone and position table on 4x4 patches
     # (the same 8x8 = 64 tokens), the MLP widened from 2 to 2.25 so the weight counts match

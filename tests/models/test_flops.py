@@ -175,6 +175,20 @@ def test_paper_macs(variant, paper_gmacs):
     assert abs(gmacs - paper_gmacs) / paper_gmacs < 0.10, gmacs
 
 
+def test_dense_macs_leave_out_the_attention_products():
+    # What a counter of layer modules (thop, mmcv's) sees: the Dense layers only. The same for
+    # T2T-ViT-14 and T2T-ViT_t-14 (their T2T layers have the same Dense shapes; they differ in
+    # the attention products): 4.33 G, mmpretrain's "4.34 GFLOPs" for T2T-ViT_t-14.
+    layer1 = 3136 * 147 * 192 + 3 * 3136 * 64 * 64  # kqv, proj, the two mlp Dense
+    layer2 = 784 * 576 * 192 + 3 * 784 * 64 * 64
+    project = 196 * 576 * 384
+    block = 197 * 384 * 1152 + 197 * 384 * 384 + 2 * 197 * 384 * 1152  # qkv, proj, fc1, fc2
+    head = 384 * 1000
+    hand = layer1 + layer2 + project + 14 * block + head
+    assert hand == 4_333_956_096
+    assert flops.count_flops("t2t_vit_14")["dense_macs"] == flops.count_flops("t2t_vit_t_14")["dense_macs"] == hand
+
+
 def test_t2t_vit_t_14_attention_is_the_hot_spot():
     result = flops.count_flops("t2t_vit_t_14")
     # 2 * 3136^2 * 64 MACs of attention in layer 1 alone, 1.26 GMACs.

@@ -24,7 +24,7 @@ def test_every_name_has_a_public_builder_and_a_group():
     assert set(keras_t2t.list_models("main")) == set(keras_t2t.VARIANTS)
     assert set(keras_t2t.list_models("study")) == set(keras_t2t.STUDY_VARIANTS)
     assert set(keras_t2t.list_models("mini")) == {"t2t_vit_mini", "vit_mini"}
-    assert set(keras_t2t.VIT_CONFIGS) == {"vit_small_patch16", "vit_base_patch16", "vit_mini"}
+    assert set(keras_t2t.VIT_CONFIGS) == {"vit_small_patch16", "vit_base_patch16", "vit_large_patch16", "vit_mini"}
 
 
 def test_the_trainer_the_visualiser_and_the_flop_counter_use_the_registry():
