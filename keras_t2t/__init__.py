@@ -7,6 +7,11 @@ builder of its own name (``keras_t2t.t2t_vit_14(...)``), generated below.
 ``docs/ARCHITECTURE.md`` describes the package's rooms.
 """
 
+# First, before Keras is imported: a backend Keras does not know is one line, not Keras' traceback.
+from keras_t2t.cli.args import refuse_unknown_backend
+
+refuse_unknown_backend()
+
 from keras_t2t.builders import BUILDERS, create_model, from_checkpoint, list_models, list_variants
 from keras_t2t.data.imagenet import decode_predictions
 from keras_t2t.data.images import preprocess_input
@@ -21,6 +26,7 @@ from keras_t2t.layers import (
     GhostMlp,
     Mlp,
     MultiHeadSelfAttention,
+    Restructurize,
     SEAttention,
     SEBlock,
     SinusoidPositionEmbedding,
@@ -43,6 +49,7 @@ from keras_t2t.models.presets import (
 )
 from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
 from keras_t2t.models.vit import ViT
+from keras_t2t.precision import recommended_dtype
 from keras_t2t.weights import detect_variant, load_weights, model_state_dict, resize_pos_embed
 
 
@@ -70,6 +77,7 @@ __all__ = [
     "Mlp",
     "MultiHeadSelfAttention",
     "RELEASED_WEIGHTS",
+    "Restructurize",
     "SEAttention",
     "SEBlock",
     "STUDY_VARIANTS",
@@ -97,6 +105,7 @@ __all__ = [
     "load_weights",
     "model_state_dict",
     "preprocess_input",
+    "recommended_dtype",
     "resize_pos_embed",
 ] + sorted(BUILDERS)
 

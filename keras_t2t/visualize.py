@@ -18,19 +18,34 @@ the class token. The attention comes from the block's own weights
 (norm1 -> qkv -> softmax(q k^T * scale)), computed with ``keras.ops``, so every
 backend gives the same pictures.
 
+Any other Keras model whose layers give ``(rows, cols, channels)`` maps (a
+``keras.applications`` ResNet-50, say) is a "cnn": its stages are those layers'
+names (default: its first ``Conv2D``, ResNet-50's ``conv1_conv``) and it has no
+attention picture. ``compare_features`` sets the first-layer maps of several
+models (ResNet-50, ViT, T2T-ViT) side by side in one PNG, as in Figure 2 of the
+paper: one panel per model, labelled with the model, its stage and its grid.
+
 Picture size: every map is a square of ``panel_px`` pixels, laid out
 ``ceil(sqrt(n))`` per row, plus a ``TITLE_PX`` band on top:
-``width = cols * panel_px``, ``height = rows * panel_px + TITLE_PX``.
+``width = cols * panel_px``, ``height = rows * panel_px + TITLE_PX``. A
+comparison is ``n`` panels of ``panel_px`` pixels each, side by side, plus the
+title band and a ``LABEL_PX`` band for the panels' labels:
+``(n * panel_px, panel_px + LABEL_PX + TITLE_PX)``.
 
     keras-t2t-visualize --model runs/digits/model.keras --output-dir vis/
     keras-t2t-visualize --model t2t_vit_14 --weights 81.5_T2T_ViT_14.pth.tar \\
         --image cat.jpg --stage t2t_layer_1 --block 13 --output-dir vis/
+    keras-t2t-visualize --model resnet50 --weights imagenet --image cat.jpg --output-dir vis/
+    keras-t2t-visualize --compare resnet50=imagenet vit_large_patch16=vit_l16.weights.h5 \\
+        t2t_vit_24=82.3_T2T_ViT_24.pth.tar --image cat.jpg --output-dir vis/
+    keras-t2t-visualize --compare resnet50=none vit_mini=none t2t_vit_mini=none --output-dir vis/
 """
 
+import collections
 import math
 import os
-import runpy
 import re
+import runpy
 import textwrap
 
 import keras
@@ -38,10 +53,23 @@ import numpy as np
 from keras import ops
 
 from keras_t2t.data.images import denormalize
-from keras_t2t.layers import restructurization
 from keras_t2t.io_utils import write_atomic
 
 TITLE_PX = 32
+LABEL_PX = 36
+
+
+class KerasApplication(collections.namedtuple("KerasApplication", "constructor module")):
+    """A ``keras.applications`` model the visualiser knows by name: ``keras.applications.<constructor>``,
+    with ``keras.applications.<module>.preprocess_input``."""
+
+
+# keras.applications models drawn beside T2T-ViT (the paper's Figure 2 and table use the ResNets).
+KERAS_APPLICATIONS = {
+    "resnet50": KerasApplication("ResNet50", "resnet"),
+    "resnet101": KerasApplication("ResNet101", "resnet"),
+    "resnet152": KerasApplication("ResNet152", "resnet"),
+}
 _STAGE = re.compile(r"^(soft_split|t2t_layer|block)_(-?\d+)$")
 
 
@@ -60,8 +88,17 @@ def require_matplotlib():
 # --------------------------------------------------------------------------
 # which stages a model has
 # --------------------------------------------------------------------------
+def model_kind(model):
+    """``"t2t"`` (a T2T module), ``"vit"`` (a ``patch_embed`` layer) or ``"cnn"`` (any other model,
+    e.g. a ``keras.applications`` ResNet: its stages are its layers with a ``(rows, cols, channels)`` output)."""
+    names = {layer.name for layer in model.layers}
+    if "tokens_to_token" in names:
+        return "t2t"
+    return "vit" if "patch_embed" in names else "cnn"
+
+
 def _is_t2t(model):
-    return any(layer.name == "tokens_to_token" for layer in model.layers)
+    return model_kind(model) == "t2t"
 
 
 def _depth(model):
@@ -72,10 +109,28 @@ def _t2t_module(model):
     return model.get_layer("tokens_to_token")
 
 
+def _map_layers(model):
+    """The layers of a "cnn" whose output is one ``(batch, rows, cols, channels)`` map, in graph order."""
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):  # a layer called more than once has no single output
+            continue
+        if len(shape) == 4:
+            names.append(layer.name)
+    return names
+
+
 def stage_names(model):
     """The accepted stage names of ``model``, in the order the image flows through them."""
+    kind = model_kind(model)
+    if kind == "cnn":
+        return _map_layers(model)
     depth = _depth(model)
-    if _is_t2t(model):
+    if kind == "t2t":
         splits = len(_t2t_module(model).soft_splits)
         names = []
         for i in range(splits):
@@ -89,9 +144,14 @@ def stage_names(model):
 
 
 def _describe_stages(model):
+    kind = model_kind(model)
+    if kind == "cnn":
+        names = _map_layers(model)
+        shown = ", ".join(names[:4]) + (f", ..., {names[-1]}" if len(names) > 4 else "")
+        return f"a layer with a (rows, cols, channels) output: {shown} ({len(names)} layers)"
     depth = _depth(model)
     blocks = f"block_0..block_{depth - 1} (or block_-{depth}..block_-1)"
-    if _is_t2t(model):
+    if kind == "t2t":
         splits = len(_t2t_module(model).soft_splits)
         layers_part = f"t2t_layer_1..t2t_layer_{splits - 1}, " if splits > 1 else ""
         return f"soft_split_0..soft_split_{splits - 1}, {layers_part}project, {blocks}"
@@ -101,6 +161,8 @@ def _describe_stages(model):
 def resolve_block(model, block):
     """A block index in ``0..depth-1`` (negative counts from the end), or a ValueError naming the range."""
     depth = _depth(model)
+    if depth == 0:
+        raise ValueError(f"{model.name} has no transformer blocks, so no class-token attention to draw.")
     try:
         index = int(block)
     except (TypeError, ValueError):
@@ -117,6 +179,10 @@ def resolve_stage(model, stage):
     """The canonical stage name (``block_-1`` -> ``block_{depth-1}``), or a ValueError naming the accepted ones."""
     stage = str(stage)
     accepted = _describe_stages(model)
+    if model_kind(model) == "cnn":
+        if stage in _map_layers(model):
+            return stage
+        raise ValueError(f"Unknown stage {stage!r} for {model.name}; accepted: {accepted}.")
     if stage in ("project", "patch_embed"):
         if stage in stage_names(model):
             return stage
@@ -144,10 +210,27 @@ def resolve_stage(model, stage):
     return stage
 
 
+def _first_conv(model):
+    names = _map_layers(model)
+    if not names:
+        raise ValueError(f"{model.name} has no layer with a (rows, cols, channels) output to draw.")
+    convs = [name for name in names if isinstance(model.get_layer(name), keras.layers.Conv2D)]
+    return (convs or names)[0]
+
+
 def default_stage(model):
-    """The first stage after the tokenizer's own attention: ``t2t_layer_1`` (T2T-ViT) or ``patch_embed`` (ViT)."""
+    """The first stage after the tokenizer's own attention: ``t2t_layer_1`` (T2T-ViT) or ``patch_embed`` (ViT);
+    a "cnn"'s first ``Conv2D`` (ResNet-50's ``conv1_conv``)."""
+    if model_kind(model) == "cnn":
+        return _first_conv(model)
     names = stage_names(model)
     return "t2t_layer_1" if "t2t_layer_1" in names else names[0]
+
+
+def first_layer_stage(model):
+    """The paper's "first layer" of Figure 2: a CNN's first convolution (ResNet-50's conv1), a ViT's or
+    T2T-ViT's first block (the paper's "block 1", ``block_0`` here)."""
+    return _first_conv(model) if model_kind(model) == "cnn" else "block_0"
 
 
 # --------------------------------------------------------------------------
@@ -159,6 +242,18 @@ def _numpy(x):
 
 def _final_grid(model):
     return tuple(int(v) for v in model.grid_size)
+
+
+def model_input(model, images):
+    """Images normalised as this package does (``keras_t2t.preprocess_input``) -> what ``model`` takes:
+    unchanged, except for a ``keras.applications`` model of ``KERAS_APPLICATIONS`` (by its name, e.g.
+    ``resnet50``), which gets its own ``preprocess_input`` of the same pixels (ResNet: BGR, mean subtracted)."""
+    application = KERAS_APPLICATIONS.get(model.name)
+    images = np.asarray(images, dtype="float32")
+    if application is None or model_kind(model) != "cnn":
+        return images
+    module = getattr(keras.applications, application.module)
+    return np.asarray(module.preprocess_input(np.array(denormalize(images), dtype="float32")), dtype="float32")
 
 
 def _submodel_output(model, tensor, images):
@@ -174,18 +269,24 @@ def _t2t_steps(t2t, images):
     grids = t2t.stage_grids(images.shape[1], images.shape[2])
     x = t2t.soft_splits[0](images)
     yield "soft_split_0", x, grids[0]
-    for i, attention in enumerate(t2t.attentions):
+    for i, (attention, restructurize) in enumerate(zip(t2t.attentions, t2t.restructurizations, strict=True)):
         x = attention(x, training=False)
         yield f"t2t_layer_{i + 1}", x, grids[i]
-        x = t2t.soft_splits[i + 1](restructurization(x, grids[i]))
+        x = t2t.soft_splits[i + 1](restructurize(x))
         yield f"soft_split_{i + 1}", x, grids[i + 1]
 
 
 def stage_features(model, images, stage):
-    """Token features of ``stage`` on their grid: ``(B, rows, cols, C)`` float32 NumPy."""
+    """Token features of ``stage`` on their grid (a "cnn": the layer's maps): ``(B, rows, cols, C)`` float32 NumPy.
+
+    ``images`` are what the model takes (see ``model_input``).
+    """
     stage = resolve_stage(model, stage)
     images = ops.convert_to_tensor(np.asarray(images, dtype="float32"))
-    if stage.startswith("block_"):
+    if model_kind(model) == "cnn":
+        tokens = _submodel_output(model, model.get_layer(stage).output, images)
+        grid = tuple(int(v) for v in tokens.shape[1:3])
+    elif stage.startswith("block_"):
         tokens = _submodel_output(model, model.get_layer("blocks_" + stage.split("_")[1]).output, images)
         tokens = tokens[:, 1:]  # the class token has no place on the grid
         grid = _final_grid(model)
@@ -256,7 +357,9 @@ def _draw_panels(panels, titles, title, panel_px, dpi, path, cmap="viridis"):
         ax.imshow(panel, cmap=None if panel.ndim == 3 else cmap, interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(label, fontsize=6, pad=1)
-    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
+    # The title also goes into the PNG's "Title" text chunk, where a reader (or a test) finds it as text.
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi,
+                                                  metadata={"Title": " ".join(title.split())}))
     return path
 
 
@@ -270,66 +373,165 @@ def _display_image(image):
     return np.clip(image, 0.0, 1.0)
 
 
-def visualize(model, image, output_dir, stage=None, block=-1, channels=16, prefix="", panel_px=96, dpi=100,
-              verbose=True):
-    """Writes the feature and attention pictures and their arrays for one preprocessed image.
-
-    ``image``: ``(H, W, C)`` already normalised (``keras_t2t.preprocess_input``).
-    Returns a dict with the file paths and the arrays.
-    """
-    stage = resolve_stage(model, default_stage(model) if stage is None else stage)
-    index = resolve_block(model, block)
+def _check_drawing(channels, panel_px):
     if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise ValueError(f"channels must be a positive integer; got {channels!r}.")
-    if panel_px < 8:
+    if isinstance(panel_px, bool) or not isinstance(panel_px, (int, np.integer)) or panel_px < 8:
         raise ValueError(f"panel_px must be at least 8 pixels; got {panel_px!r}.")
+
+
+def _check_image(model, image):
     image = np.asarray(image, dtype="float32")
     expected = tuple(int(v) for v in model.input.shape[1:])
     if image.shape != expected:
-        raise ValueError(f"The image has shape {image.shape}; the model takes {expected} (height, width, channels).")
+        raise ValueError(
+            f"The image has shape {image.shape}; {model.name} takes {expected} (height, width, channels)."
+        )
+    return image
+
+
+def _named(model, weights_label):
+    return f"{model.name} ({weights_label})" if weights_label else model.name
+
+
+def visualize(model, image, output_dir, stage=None, block=-1, channels=16, prefix="", panel_px=96, dpi=100,
+              verbose=True, weights_label=None):
+    """Writes the feature and attention pictures and their arrays for one preprocessed image.
+
+    ``image``: ``(H, W, C)`` already normalised (``keras_t2t.preprocess_input``; a
+    ``keras.applications`` model gets its own preprocessing of it, see ``model_input``).
+    ``weights_label`` (e.g. ``"random weights"``) goes into the titles after the model's name.
+    A "cnn" has no class token: it gets the feature picture and the arrays only.
+    Returns a dict with the file paths and the arrays.
+    """
+    stage = resolve_stage(model, default_stage(model) if stage is None else stage)
+    attends = model_kind(model) != "cnn"
+    index = resolve_block(model, block) if attends else None
+    _check_drawing(channels, panel_px)
+    image = _check_image(model, image)
     require_matplotlib()
     os.makedirs(output_dir, exist_ok=True)
 
-    features = stage_features(model, image[None], stage)[0]
-    attention = cls_attention(model, image[None], index)[0]
+    inputs = model_input(model, image[None])
+    features = stage_features(model, inputs, stage)[0]
     shown = np.arange(min(int(channels), features.shape[-1]))
     rows, cols = features.shape[:2]
+    name = _named(model, weights_label)
     files = {}
     files["features"] = _draw_panels(
         [features[..., c] for c in shown],
         [f"ch {c}" for c in shown],
-        f"{model.name}: {stage} tokens on their {rows}x{cols} grid (first {len(shown)} of {features.shape[-1]} "
-        "channels)",
+        f"{name}: {stage} {'maps' if not attends else 'tokens'} on their {rows}x{cols} grid "
+        f"(first {len(shown)} of {features.shape[-1]} channels)",
         panel_px,
         dpi,
         os.path.join(output_dir, f"{prefix}features_{stage}.png"),
     )
-    files["attention"] = _draw_panels(
-        [_display_image(image)] + [attention[h] for h in range(attention.shape[0])],
-        ["input"] + [f"head {h}" for h in range(attention.shape[0])],
-        f"{model.name}: class-token attention, block {index} ({rows}x{cols} grid)",
-        panel_px,
-        dpi,
-        os.path.join(output_dir, f"{prefix}attention_block{index}.png"),
-        cmap="magma",
-    )
-    arrays = {
-        "image": image,
-        "features": features,
-        "attention": attention,
-        "stage": np.asarray(stage),
-        "block": np.asarray(index),
-        "channels_shown": shown,
-    }
+    arrays = {"image": image, "features": features, "stage": np.asarray(stage), "channels_shown": shown}
+    if attends:
+        attention = cls_attention(model, inputs, index)[0]
+        heads, grid_rows, grid_cols = attention.shape
+        files["attention"] = _draw_panels(
+            [_display_image(image)] + [attention[h] for h in range(heads)],
+            ["input"] + [f"head {h}" for h in range(heads)],
+            f"{name}: class-token attention, block {index} ({grid_rows}x{grid_cols} grid)",
+            panel_px,
+            dpi,
+            os.path.join(output_dir, f"{prefix}attention_block{index}.png"),
+            cmap="magma",
+        )
+        arrays.update(attention=attention, block=np.asarray(index))
     files["arrays"] = write_atomic(os.path.join(output_dir, f"{prefix}arrays.npz"),
                                    lambda handle: np.savez(handle, **arrays))
     if verbose:
-        print(f"{model.name}: stage {stage} -> {rows}x{cols} grid x {features.shape[-1]} channels; "
-              f"block {index}: {attention.shape[0]} heads, class-token attention to the patches sums to "
-              f"{float(attention.sum(axis=(1, 2)).mean()):.3f} per head (mean)")
-        for key in ("features", "attention", "arrays"):
-            print(f"  wrote {files[key]}")
-    return {"files": files, "features": features, "attention": attention, "stage": stage, "block": index}
+        line = f"{model.name}: stage {stage} -> {rows}x{cols} grid x {features.shape[-1]} channels"
+        if attends:
+            line += (f"; block {index}: {attention.shape[0]} heads, class-token attention to the patches sums to "
+                     f"{float(attention.sum(axis=(1, 2)).mean()):.3f} per head (mean)")
+        print(line)
+        for path in files.values():
+            print(f"  wrote {path}")
+    return {"files": files, "features": features, "attention": arrays.get("attention"), "stage": stage,
+            "block": index}
+
+
+def feature_mosaic(features, channels):
+    """The first ``channels`` maps of ``features`` ``(rows, cols, C)``, each scaled to [0, 1] on its own
+    (a constant map is 0), tiled ``ceil(sqrt(n))`` per row with NaN gaps (1 pixel per 16 of the map's
+    side): ``(R, C)`` float32."""
+    features = np.asarray(features, dtype="float32")
+    count = min(int(channels), features.shape[-1])
+    grid_rows, grid_cols = panel_layout(count)
+    rows, cols = features.shape[:2]
+    gap = max(1, max(rows, cols) // 16)
+    mosaic = np.full((grid_rows * (rows + gap) - gap, grid_cols * (cols + gap) - gap), np.nan, "float32")
+    for n in range(count):
+        plane = features[..., n]
+        low, high = float(plane.min()), float(plane.max())
+        scaled = (plane - low) / (high - low) if high > low else np.zeros_like(plane)
+        r, c = divmod(n, grid_cols)
+        mosaic[r * (rows + gap):r * (rows + gap) + rows, c * (cols + gap):c * (cols + gap) + cols] = scaled
+    return mosaic
+
+
+def compare_size_px(count, panel_px):
+    """(width, height) of a comparison of ``count`` panels."""
+    return count * panel_px, panel_px + LABEL_PX + TITLE_PX
+
+
+def compare_features(entries, path, channels=16, panel_px=320, dpi=100, title=None, verbose=True):
+    """One PNG with the feature maps of several models on the same image, side by side (the paper's Figure 2).
+
+    ``entries``: one dict per panel with ``model``, ``image`` (``(H, W, C)`` normalised as
+    ``keras_t2t.preprocess_input`` does, at the model's input size), and optionally ``stage``
+    (default ``first_layer_stage``) and ``weights_label`` (``"random weights"``, a file name, ...).
+    Each panel is the first ``channels`` maps of that stage, each scaled on its own,
+    labelled with the model, the weights, the stage and its grid. Writes ``path`` and the
+    shown maps beside it (``<path without .png>_arrays.npz``: ``features_<i>``, ``labels``).
+    Returns ``{"path", "arrays", "panels": [{"model", "stage", "grid", "channels", "label"}, ...]}``.
+    """
+    if not entries:
+        raise ValueError("compare_features needs at least one model.")
+    _check_drawing(channels, panel_px)
+    panels = []
+    for entry in entries:
+        model = entry["model"]
+        stage = resolve_stage(model, entry.get("stage") or first_layer_stage(model))
+        image = _check_image(model, entry["image"])
+        panels.append((model, stage, image, entry.get("weights_label")))
+    Figure, FigureCanvasAgg = require_matplotlib()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    width, height = compare_size_px(len(panels), panel_px)
+    # A hair over the exact inches: Agg truncates the pixel size (as in _draw_panels).
+    fig = Figure(figsize=((width + 0.01) / dpi, (height + 0.01) / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    title = title or "First-layer features of the same image (each map scaled on its own)"
+    fig.suptitle(title, fontsize=8, y=1.0 - 0.5 * TITLE_PX / height, va="center")
+    described, arrays = [], {}
+    for n, (model, stage, image, weights_label) in enumerate(panels):
+        features = stage_features(model, model_input(model, image[None]), stage)[0]
+        rows, cols, depth = features.shape
+        shown = min(int(channels), depth)
+        label = (f"{_named(model, weights_label)}\n{stage}: {rows}x{cols} grid, {shown} of {depth} channels")
+        ax = fig.add_axes([(n + 0.02) / len(panels), (panel_px * 0.02) / height,
+                           0.96 / len(panels), panel_px * 0.96 / height])
+        ax.imshow(feature_mosaic(features, shown), cmap="viridis", interpolation="nearest", vmin=0.0, vmax=1.0)
+        ax.set_axis_off()
+        ax.set_title(label, fontsize=7, pad=3)
+        arrays[f"features_{n}"] = features[..., :shown]
+        described.append({"model": model.name, "stage": stage, "grid": (rows, cols), "channels": shown,
+                          "label": label})
+    arrays["labels"] = np.asarray([panel["label"] for panel in described])
+    metadata = {"Title": title, "Description": "; ".join(" ".join(p["label"].split()) for p in described)}
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, metadata=metadata))
+    stem = path[:-4] if path.lower().endswith(".png") else path
+    arrays_path = write_atomic(stem + "_arrays.npz", lambda handle: np.savez(handle, **arrays))
+    if verbose:
+        for panel in described:
+            print(f"  {' '.join(panel['label'].split())}")
+        print(f"  wrote {os.path.abspath(path)}\n  wrote {arrays_path}")
+    return {"path": os.path.abspath(path), "arrays": arrays_path, "panels": described}
 
 
 if __name__ == "__main__":  # python -m keras_t2t.visualize

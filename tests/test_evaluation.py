@@ -380,6 +380,7 @@ def test_cli_end_to_end(image_folder, tmp_path):
         (["--model", "{model}", "--variant", "t2t_vit_7", "--data-dir", "{data}"], "not allowed with"),
         (["--model", "{model}", "--data-dir", "{data}", "--output", "{tmp}/no/dir/x.json"], "--output"),
         (["--model", "{tmp}/junk.keras", "--data-dir", "{data}"], "cannot load the model"),
+        (["--model", "{model}", "--data-dir", "{data}", "--dtype", "bf16"], "--dtype: invalid choice: 'bf16'"),
     ],
 )
 def test_cli_bad_arguments_exit_2(image_folder, tmp_path, capsys, args, message):
@@ -390,8 +391,24 @@ def test_cli_bad_arguments_exit_2(image_folder, tmp_path, capsys, args, message)
     argv = [a.format(data=image_folder, model=model_path, tmp=tmp_path) for a in args]
     if "--output" not in argv:
         argv += ["--output", str(out)]
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("keras-t2t-evaluate: error: ")
     assert not out.exists()
+
+
+def test_cli_dtype_rebuilds_a_keras_t2t_model_in_bfloat16(image_folder, tmp_path, capsys):
+    import keras_t2t
+
+    model = keras_t2t.t2t_vit_mini(input_shape=(32, 32, 3), classes=3, classifier_activation=None)
+    model.save(tmp_path / "mini.keras")
+    out = tmp_path / "summary.json"
+    argv = ["--model", str(tmp_path / "mini.keras"), "--data-dir", str(image_folder), "--no-progress",
+            "--output", str(out), "--dtype", "bfloat16"]
+    assert main(argv) == 0
+    summary = json.loads(out.read_text())
+    assert (summary["dtype"], summary["dtype_reason"]) == ("bfloat16", "as requested")
+    assert "dtype bfloat16 (as requested)" in capsys.readouterr().out
+    assert main(argv[:-1] + ["auto"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["dtype"] == keras_t2t.recommended_dtype() and summary["dtype_reason"].startswith("auto: ")

@@ -5,16 +5,15 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import reference
 import reference_vit
-from helpers import SMALL_VIT as SMALL, assign_vit_state_dict as assign_state_dict
+from helpers import SMALL_VIT as SMALL
+from helpers import assign_vit_state_dict as assign_state_dict
+from PIL import Image
 
-from keras_t2t import T2TViT
+from keras_t2t import T2TViT, ViT
 from keras_t2t.cli.visualize import main
 from keras_t2t.visualize import visualize
-from keras_t2t import ViT
 from keras_t2t.weights import load_state_dict
 
 # A small T2T-ViT: 16x16 images, soft splits (3, 2, 1) twice -> 8x8 then a 4x4 grid; one T2T layer.
@@ -191,3 +190,51 @@ def test_ghost_blocks_get_a_clear_error_for_class_token_attention():
                    embed_dim=16, depth=1, num_heads=2, mlp_ratio=3.0, block_type="ghost", classes=3)
     with pytest.raises(ValueError, match=r"fused qkv projection .*block 0 is a GhostBlock"):
         cls_attention(model, np.zeros((1, 32, 32, 3), "float32"), 0)
+
+
+def test_the_attention_title_names_the_attention_grid_not_the_feature_stages(t2t_model, tmp_path, one_torch_thread):
+    # t2t_layer_1 tokens lie on an 8x8 grid; the backbone's class token attends over the final 4x4 grid.
+    model, _ = t2t_model
+    result = visualize(model, image(7, 16), str(tmp_path), stage="t2t_layer_1", block=1, verbose=False)
+    assert result["features"].shape[:2] == (8, 8) and result["attention"].shape == (2, 4, 4)
+    titles = {key: Image.open(result["files"][key]).text["Title"] for key in ("features", "attention")}
+    assert "on their 8x8 grid" in titles["features"]
+    assert titles["attention"].endswith("class-token attention, block 1 (4x4 grid)")
+
+
+def test_random_weights_are_named_in_the_titles(tmp_path, one_torch_thread):
+    assert main(["--model", "vit_mini", "--weights", "none", "--image-size", "8", "--channels", "2",
+                 "--output-dir", str(tmp_path)]) == 0
+    for name in ("features_patch_embed.png", "attention_block3.png"):
+        assert Image.open(tmp_path / name).text["Title"].startswith("vit_mini (random weights): ")
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+def test_an_unwritable_output_dir_fails_in_one_line_before_any_work(where, tmp_path, capsys):
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        target = tmp_path / "file" / "vis"
+    else:
+        if os.geteuid() == 0:
+            target = "/proc/keras_t2t_vis"  # root writes through permission bits, not into /proc
+        else:
+            (tmp_path / "ro").mkdir(mode=0o500)
+            target = tmp_path / "ro" / "vis"
+    assert main(["--model", "vit_mini", "--output-dir", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith(f"error: --output-dir '{target}'")
+    assert captured.out == ""  # no model was built
+
+
+def test_an_unknown_keras_backend_is_one_line_naming_the_valid_ones(tmp_path):
+    import subprocess
+
+    from helpers import REPO
+
+    env = dict(os.environ, KERAS_BACKEND="bogus", PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-m", "keras_t2t.cli.visualize", "--model", "vit_mini",
+                             "--output-dir", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert "'bogus'" in result.stderr and "tensorflow, jax, torch" in result.stderr
+    assert not (tmp_path / "out").exists()

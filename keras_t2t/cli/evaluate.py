@@ -1,6 +1,10 @@
-"""``keras-t2t-evaluate`` (also ``python -m keras_t2t.evaluation``): top-1/top-5 on an image folder."""
+"""``keras-t2t-evaluate`` (also ``python -m keras_t2t.evaluation``): top-1/top-5 on an image folder.
 
-import argparse
+Bad arguments (an unwritable ``--output`` folder included, checked before any work)
+or a model that does not load end the command with one ``error:`` line and exit
+code 2; 1 is an evaluation failure.
+"""
+
 import json
 import os
 import sys
@@ -8,15 +12,26 @@ import sys
 import keras
 
 from keras_t2t.builders import create_model
-from keras_t2t.cli.args import IMAGE_SIZE_HELP, add_model_source, fraction, image_size, positive_int
+from keras_t2t.cli.args import (
+    IMAGE_SIZE_HELP,
+    OneLineParser,
+    UsageError,
+    add_dtype_argument,
+    add_model_source,
+    fraction,
+    image_size,
+    positive_int,
+)
 from keras_t2t.data.images import DEFAULT_CROP_PCT, list_image_folder
 from keras_t2t.evaluation import evaluate_folder, model_input_hw
-from keras_t2t.io_utils import write_json_atomic
+from keras_t2t.io_utils import check_output_folder, write_json_atomic
+from keras_t2t.precision import apply_dtype
+from keras_t2t.weights.loading import read_keras_file
 from keras_t2t.weights.pretrained import is_weights_tag
 
 
 def _build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="keras-t2t-evaluate",
         description=(
             "Top-1/top-5 accuracy of a Keras image classifier on an ImageNet-style "
@@ -46,18 +61,29 @@ def _build_parser():
         "'imagenet': class folders are ImageNet-1k WordNet ids (for a subset of ImageNet)",
     )
     p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
+    add_dtype_argument(p)
     p.add_argument("--output", help="write the JSON summary to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-
-
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # --help
+            return exit_.code if isinstance(exit_.code, int) else 0
+        model, model_desc = _checked_model(parser, args)
+    except UsageError as error:
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return _evaluate(parser, args, model, model_desc)
 
+
+def _checked_model(parser, args):
+    """Every argument checked, then the model loaded: (model, its description); UsageError otherwise."""
     if args.variant is not None and not args.weights:
         parser.error("--variant needs --weights PATH")
     if args.model is not None and args.weights:
@@ -68,6 +94,10 @@ def main(argv=None):
         parser.error(f"--weights: no such file {args.weights!r}, nor a weights tag (imagenet, ...)")
     if args.output:
         out_dir = os.path.dirname(os.path.abspath(args.output))
+        try:
+            check_output_folder(out_dir, "--output: folder")
+        except ValueError as error:
+            parser.error(str(error))
         if not os.path.isdir(out_dir):
             parser.error(f"--output: folder {out_dir!r} does not exist")
         if os.path.isdir(args.output):
@@ -79,7 +109,10 @@ def main(argv=None):
 
     try:
         if args.model is not None:
-            model = keras.saving.load_model(args.model, compile=False)
+            if args.model.endswith(".keras"):
+                model = read_keras_file(args.model)
+            else:
+                model = keras.saving.load_model(args.model, compile=False)
             model_desc = os.path.abspath(args.model)
         else:
             model = create_model(
@@ -89,7 +122,12 @@ def main(argv=None):
             model_desc = f"{args.variant} ({source})"
     except Exception as e:  # noqa: BLE001 - report any loading failure plainly
         parser.error(f"cannot load the model: {type(e).__name__}: {e}")
+    model, args.dtype, args.dtype_reason = apply_dtype(model, args.dtype)
+    print(f"dtype {args.dtype} ({args.dtype_reason})", flush=True)
+    return model, model_desc
 
+
+def _evaluate(parser, args, model, model_desc):
     image_size = args.image_size
     if image_size is None:
         image_size = model_input_hw(model) or 224
@@ -116,6 +154,8 @@ def main(argv=None):
         batch_size=args.batch_size,
         limit=args.limit,
         class_index=args.class_index,
+        dtype=args.dtype,
+        dtype_reason=args.dtype_reason,
         backend=keras.backend.backend(),
         keras_version=keras.__version__,
     )
