@@ -8,7 +8,7 @@ builder of its own name (``keras_t2t.t2t_vit_14(...)``), generated below.
 """
 
 # First, before Keras is imported: a backend Keras does not know is one line, not Keras' traceback.
-from keras_t2t.cli.args import refuse_unknown_backend
+from keras_t2t.backends import refuse_unknown_backend
 
 refuse_unknown_backend()
 
