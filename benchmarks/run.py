@@ -38,6 +38,10 @@ pair's remaining cases. Cases:
   islands of ``keras_t2t.precision``), prepared by ``precision.prepare_for_inference``
   (TensorFlow: no XLA, so that oneDNN's bfloat16 matmul runs).
 * ``train_b32_mixed_bf16``: as ``train_b32`` under ``mixed_bfloat16`` (its own model).
+* ``authors_b32`` / ``authors_bf16_blocks_b32`` (torch backend, performer variants):
+  the authors' model in plain PyTorch (``benchmarks/authors_torch.py``), eager, in
+  float32 / with its blocks in bfloat16 and its T2T module in float32: the anchor
+  of the bfloat16 targets, measured in the same run.
 * The bfloat16 cases' agreement columns come from a TRAINED model, not the random
   weights they time: the package's digits-trained t2t_vit_mini
   (``tests/export/fixtures/digits_t2t_vit_mini/``, or ``--agreement-model``) in the case's
@@ -92,7 +96,11 @@ from benchmarks.machine import cpu_info, cpu_model, package_versions  # noqa: E4
 BACKENDS = ("tensorflow", "jax", "torch")
 # The order the cases run in inside a child (training last: it changes the weights).
 CASES = ("infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16", "infer_b32_bfloat16",
-         "latency_b1_bfloat16", "train_b32", "train_b32_mixed_bf16")
+         "latency_b1_bfloat16", "authors_b32", "authors_bf16_blocks_b32", "train_b32", "train_b32_mixed_bf16")
+# The authors' model in plain PyTorch (benchmarks/authors_torch.py): torch backend, performer variants only.
+AUTHORS_CASES = ("authors_b32", "authors_bf16_blocks_b32")
+# authors_torch.CONFIGS' names (that module imports torch; the parent process does not).
+AUTHORS_VARIANTS = ("t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19", "t2t_vit_24")
 # The bfloat16 cases: by default only for DEFAULT_BF16_VARIANTS. {case: dtype policy}
 BF16_CASES = {"infer_b32_bf16": "mixed_bfloat16", "infer_b32_bfloat16": "bfloat16",
               "latency_b1_bfloat16": "bfloat16", "train_b32_mixed_bf16": "mixed_bfloat16"}
@@ -135,13 +143,20 @@ def select_cases(spec, variant, backend, quick=False):
     if spec == "default":
         wanted = set(CASES)
         if not quick and variant not in DEFAULT_BF16_VARIANTS:
-            wanted -= set(BF16_CASES)
+            wanted -= set(BF16_CASES) | set(AUTHORS_CASES)
     else:
         wanted = {c for c in spec.split(",") if c}
         unknown = sorted(wanted - set(CASES))
         if unknown:
             raise ValueError(f"unknown case(s) {', '.join(unknown)}; accepted: default or {', '.join(CASES)}")
-    return [c for c in CASES if c in wanted and (backend == "tensorflow" or c not in TFLITE_FORMATS)]
+    def runs_here(case):
+        if case in TFLITE_FORMATS:
+            return backend == "tensorflow"
+        if case in AUTHORS_CASES:
+            return backend == "torch" and variant in AUTHORS_VARIANTS
+        return True
+
+    return [c for c in CASES if c in wanted and runs_here(c)]
 
 
 # --------------------------------------------------------------------------
@@ -292,6 +307,27 @@ class CaseRunner:
             result.update(_top1_agreement(BF16_CASES[case], self.agreement_model))
             times = timed(lambda: np.asarray(bf16.predict_on_batch(images)))
             del bf16
+            step_flops = self._flops_per_image * batch
+        elif case in AUTHORS_CASES:
+            import torch
+
+            from benchmarks import authors_torch
+
+            if self.backend != "torch":
+                raise ValueError(f"{case} runs on the torch backend only")
+            anchor = authors_torch.T2TViT(self.variant, image_size=self.image_size).eval()
+            if case == "authors_bf16_blocks_b32":
+                anchor = authors_torch.BlocksInBfloat16(anchor).eval()
+            pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+            def step():
+                with torch.no_grad():
+                    return anchor(pixels).float().numpy()
+
+            result.update(policy="float32" if case == "authors_b32" else "blocks bfloat16, T2T module float32",
+                          compiled=False)
+            times = timed(step)
+            del anchor
             step_flops = self._flops_per_image * batch
         elif case == "train_b32_mixed_bf16":
             from keras_t2t import precision

@@ -1,35 +1,36 @@
 """bfloat16 where the hardware runs it fast, float32 elsewhere.
 
-``recommended_dtype()`` reads the machine (the CPU's ISA flags, a GPU of the
-backend in use) and names the dtype to build a model in for inference:
+``recommended_dtype()`` reads the machine and names the dtype to build a model
+in for inference:
 
 * a GPU the backend sees with bfloat16 arithmetic (NVIDIA compute capability
   8.0 or newer, or any TPU): ``"bfloat16"``;
-* a CPU with AMX (``amx_bf16`` and ``amx_tile`` in ``/proc/cpuinfo``: Intel
-  Xeon Sapphire Rapids and later) on a backend whose bfloat16 matmuls reach
-  AMX, measured faster than float32 there: ``"bfloat16"``;
-* anything else (AVX512_BF16 only, no bfloat16 at all, a backend without an
-  AMX path): ``"float32"``, because bfloat16 is slower there.
+* a CPU with bfloat16 arithmetic (``amx_bf16``, ``avx512_bf16`` or ARM's
+  ``bf16`` in ``/proc/cpuinfo``): it measures a bfloat16 and a float32 matmul of
+  a T2T-ViT block's shape on the backend in use (``bfloat16_speedup``, ~0.1 s,
+  once per process) and takes bfloat16 when it is at least ``MIN_SPEEDUP``
+  times as fast. Measured, not assumed from the flags: an Intel Xeon with
+  AVX512_BF16 but no AMX ran bfloat16 matmuls at half the float32 rate, an AMD
+  EPYC (Zen 5, family 26) with the same flag at about 4 times it (torch, 2
+  threads), and AMX Xeons at 20 times it;
+* JAX on a CPU, or a CPU without bfloat16 arithmetic: ``"float32"``.
 
 How each backend runs a bfloat16 matmul on a CPU (checked with
 ``ONEDNN_VERBOSE=1`` and the compiled XLA program; see the README):
 
-* PyTorch: oneDNN's bfloat16 ``brg_matmul`` (AMX kernels where the CPU has
-  them). Measured on a 2-vCPU AMX Xeon (issue 14): T2T-ViT-14 in bfloat16
-  36.6-38.5 images/s against 14-18 for the authors' float32 model.
+* PyTorch: oneDNN's bfloat16 ``brg_matmul`` (AMX kernels where the CPU has them).
 * TensorFlow without XLA: the same oneDNN bfloat16 matmul. With XLA (Keras'
   default ``jit_compile="auto"`` for ``predict``) no oneDNN call is made, so
-  ``prepare_for_inference`` turns XLA off for bfloat16 models. Not yet
-  measured on an AMX machine: the automatic choice stays float32 there
-  until it is (``--dtype bfloat16`` runs it).
+  ``prepare_for_inference`` turns XLA off for bfloat16 models.
 * JAX (XLA:CPU, jaxlib 0.10): every bfloat16 dot is compiled as
-  convert-to-float32, a float32 dot, convert back; no AMX path, so bfloat16
-  only adds the conversions.
+  convert-to-float32, a float32 dot, convert back; no bfloat16 path, so
+  bfloat16 only adds the conversions.
 
-A model built with ``dtype="bfloat16"`` keeps these in float32: the
-performer's random features and their ``exp`` (``TokenPerformer``), the
-attention logits and softmax sums, LayerNorm statistics (Keras computes them
-in float32), the fixed position table, and the returned scores.
+A model built with ``dtype="bfloat16"`` keeps these in float32: the T2T
+module's first soft split and T2T layer (they read the raw pixels), the
+performer's random features and their ``exp``, the attention logits and
+softmax sums, LayerNorm statistics (Keras computes them in float32), the fixed
+position table, and the returned scores.
 """
 
 import os
@@ -38,20 +39,17 @@ import platform
 import keras
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "mixed_bfloat16")
-# The CPU flags that make a bfloat16 matmul fast (Intel AMX) or merely possible (AVX512_BF16).
-AMX_FLAGS = ("amx_bf16", "amx_tile")
+# CPU flags of bfloat16 arithmetic: Intel AMX, AVX512_BF16 (Intel Cooper Lake and later, AMD Zen 4
+# and later), ARM's BF16 extension. Without one of them bfloat16 is emulated: never faster.
+BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 ISA_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
-# Backends whose bfloat16 inference on an AMX CPU was measured faster than float32.
-AMX_MEASURED_FASTER = {
-    "torch": "PyTorch runs bfloat16 matmuls through oneDNN's AMX kernels "
-    "(T2T-ViT-14: 36.6-38.5 images/s in bfloat16 against 14-18 for the authors' float32 model on a 2-vCPU AMX Xeon)",
-}
-AMX_NOT_CHOSEN = {
-    "tensorflow": "TensorFlow reaches oneDNN's bfloat16 matmul only without XLA, and that path is not yet "
-    "measured faster on an AMX CPU; pass dtype='bfloat16' to use it",
-    "jax": "XLA:CPU compiles every bfloat16 dot as a float32 dot between two conversions (no AMX path), "
-    "so bfloat16 is slower than float32",
-}
+# bfloat16 is chosen when its matmul runs at least this many times as fast as float32's:
+# the float32 islands and the memory-bound layers take part of the gain back.
+MIN_SPEEDUP = 1.3
+# The matmul measured: a block's qkv projection at batch 8 of T2T-ViT-14 (8 x 197 tokens, 384 -> 1152).
+SPEEDUP_SHAPE = (1576, 384, 1152)
+JAX_CPU_REASON = ("XLA:CPU compiles every bfloat16 dot as a float32 dot between two conversions "
+                  "(no bfloat16 path), so bfloat16 is slower than float32")
 
 
 def cpu_info(path="/proc/cpuinfo"):
@@ -108,14 +106,50 @@ def _gpu_bfloat16(backend):
     return False, None
 
 
+def _timed_matmul(backend, dtype, repeats=5):
+    """Best seconds of one (m, k) @ (k, n) matmul of ``SPEEDUP_SHAPE`` in ``dtype``, run the way the
+    package runs a model on ``backend`` (TensorFlow and torch eager, so through oneDNN)."""
+    import time
+
+    import numpy as np
+
+    m, k, n = SPEEDUP_SHAPE
+    rng = np.random.default_rng(0)
+    a = keras.ops.cast(rng.standard_normal((m, k)).astype("float32"), dtype)
+    b = keras.ops.cast(rng.standard_normal((k, n)).astype("float32"), dtype)
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, b)[:1, :1])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):  # the best of a few: a busy machine slows some calls
+        start = time.perf_counter()
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, b)[:1, :1])
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+_SPEEDUPS = {}
+
+
+def bfloat16_speedup(backend=None):
+    """How many times as fast a bfloat16 matmul of a T2T-ViT block's shape runs as a float32 one on
+    this machine and ``backend`` (measured once per process, ~0.1 s; the backend must be Keras')."""
+    backend = backend or keras.backend.backend()
+    if backend != keras.backend.backend():
+        raise ValueError(f"bfloat16_speedup measures the backend in use ({keras.backend.backend()!r}), "
+                         f"not {backend!r}.")
+    if backend not in _SPEEDUPS:
+        _SPEEDUPS[backend] = _timed_matmul(backend, "float32") / _timed_matmul(backend, "bfloat16")
+    return _SPEEDUPS[backend]
+
+
 def recommended_dtype(backend=None, explain=False, cpuinfo="/proc/cpuinfo"):
     """The dtype to build a model in for inference on this machine: ``"bfloat16"`` or ``"float32"``.
 
     ``backend``: the Keras backend (default: the one in use). ``explain=True``
     returns ``(dtype, reason)``. ``cpuinfo``: the file to read the CPU's flags
     from. bfloat16 is chosen only where it is faster than float32: a bfloat16
-    GPU, or an AMX CPU on a backend measured faster there (the module's
-    docstring says which and why).
+    GPU, or a CPU with bfloat16 arithmetic on which the backend's bfloat16
+    matmul was just measured at least ``MIN_SPEEDUP`` times as fast as float32
+    (``bfloat16_speedup``); the module's docstring says what was found where.
     """
     backend = backend or keras.backend.backend()
     if backend not in ("tensorflow", "jax", "torch"):
@@ -124,20 +158,23 @@ def recommended_dtype(backend=None, explain=False, cpuinfo="/proc/cpuinfo"):
     if gpu is not None:
         choice = ("bfloat16", f"{gpu} computes in bfloat16") if fast_gpu else (
             "float32", f"{gpu} has no fast bfloat16 (compute capability below 8.0)")
+        return choice if explain else choice[0]
+    info = cpu_info(cpuinfo)
+    cpu = info["model"] or "this CPU"
+    flags = [flag for flag in BFLOAT16_FLAGS if flag in info["flags"]]
+    if not flags:
+        choice = ("float32", f"{cpu} has no bfloat16 arithmetic (none of {', '.join(BFLOAT16_FLAGS)})")
+    elif backend == "jax":
+        choice = ("float32", f"{cpu} has {', '.join(flags)}, but {JAX_CPU_REASON}")
+    elif backend != keras.backend.backend():
+        choice = ("float32", f"{cpu} has {', '.join(flags)}; bfloat16 on {backend} is measured only in a "
+                             f"process running that backend")
     else:
-        info = cpu_info(cpuinfo)
-        flags = set(info["flags"])
-        cpu = info["model"] or "this CPU"
-        if all(flag in flags for flag in AMX_FLAGS):
-            if backend in AMX_MEASURED_FASTER:
-                choice = ("bfloat16", f"{cpu} has AMX; {AMX_MEASURED_FASTER[backend]}")
-            else:
-                choice = ("float32", f"{cpu} has AMX, but {AMX_NOT_CHOSEN[backend]}")
-        elif "avx512_bf16" in flags:
-            choice = ("float32", f"{cpu} has AVX512_BF16 but no AMX: a bfloat16 matmul runs at about half "
-                                 "the float32 speed there")
-        else:
-            choice = ("float32", f"{cpu} has no bfloat16 arithmetic (neither AMX nor AVX512_BF16)")
+        speedup = bfloat16_speedup(backend)
+        measured = (f"{cpu} ({', '.join(flags)}): a bfloat16 matmul of a T2T-ViT block's shape ran "
+                    f"{speedup:.1f}x as fast as float32 on {backend}")
+        choice = ("bfloat16", measured) if speedup >= MIN_SPEEDUP else (
+            "float32", f"{measured}, below the {MIN_SPEEDUP}x that pays for the float32 islands")
     return choice if explain else choice[0]
 
 

@@ -17,7 +17,7 @@ from helpers import REPO
 
 RUN_PY = os.path.join(REPO, "benchmarks", "run.py")
 ALL_CASES = ("infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16", "infer_b32_bfloat16",
-             "latency_b1_bfloat16", "train_b32", "train_b32_mixed_bf16")
+             "latency_b1_bfloat16", "train_b32", "train_b32_mixed_bf16")  # on TensorFlow
 BF16_CASES = ("infer_b32_bf16", "infer_b32_bfloat16", "latency_b1_bfloat16", "train_b32_mixed_bf16")
 
 on_tensorflow = pytest.mark.skipif(

@@ -131,33 +131,45 @@ def test_restructurize_is_the_reshape_of_the_reference_and_sits_in_the_t2t_modul
 
 
 AMX_CPU = "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
-BF16_CPU = "model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
 OLD_CPU = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v4\nflags\t\t: fpu avx2\n"
 
 
-@pytest.mark.parametrize(
-    "cpu, backend, expected, reason",
-    [
-        (AMX_CPU, "torch", "bfloat16", "AMX kernels"),
-        (AMX_CPU, "jax", "float32", "no AMX path"),
-        (AMX_CPU, "tensorflow", "float32", "not yet measured"),
-        (BF16_CPU, "torch", "float32", "AVX512_BF16 but no AMX"),
-        (OLD_CPU, "torch", "float32", "no bfloat16 arithmetic"),
-    ],
-)
-def test_recommended_dtype_reads_the_cpu_flags(tmp_path, cpu, backend, expected, reason):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(cpu)
-    dtype, why = precision.recommended_dtype(backend, explain=True, cpuinfo=str(cpuinfo))
-    assert (dtype, reason in why) == (expected, True), why
-    assert precision.isa_flags(str(cpuinfo))["amx_bf16"] == ("amx_bf16" in cpu)
+def _cpuinfo(tmp_path, text):
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_no_bfloat16_arithmetic_means_float32_without_measuring(tmp_path, backend):
+    dtype, why = precision.recommended_dtype(backend, explain=True, cpuinfo=_cpuinfo(tmp_path, OLD_CPU))
+    assert dtype == "float32" and "E5-2680 v4 has no bfloat16 arithmetic" in why
+    assert precision.isa_flags(_cpuinfo(tmp_path, OLD_CPU))["avx512_bf16"] is False
+
+
+def test_jax_on_a_cpu_stays_float32_whatever_the_flags(tmp_path):
+    dtype, why = precision.recommended_dtype("jax", explain=True, cpuinfo=_cpuinfo(tmp_path, AMX_CPU))
+    assert dtype == "float32" and "XLA:CPU" in why and "amx_bf16, avx512_bf16" in why
+
+
+def test_a_cpu_with_bfloat16_arithmetic_gets_what_the_measurement_says(tmp_path):
+    backend = keras.backend.backend()
+    dtype, why = precision.recommended_dtype(explain=True, cpuinfo=_cpuinfo(tmp_path, AMX_CPU))
+    if backend == "jax":
+        assert dtype == "float32"
+        return
+    speedup = precision.bfloat16_speedup()
+    assert speedup > 0 and f"{speedup:.1f}x as fast as float32 on {backend}" in why
+    assert dtype == ("bfloat16" if speedup >= precision.MIN_SPEEDUP else "float32")
+    other = "torch" if backend != "torch" else "tensorflow"
+    assert precision.recommended_dtype(other, cpuinfo=_cpuinfo(tmp_path, AMX_CPU)) == "float32"
+    with pytest.raises(ValueError, match="measures the backend in use"):
+        precision.bfloat16_speedup(other)
 
 
 def test_resolve_dtype_names_the_accepted_values(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(OLD_CPU)
     assert precision.resolve_dtype("mixed_bfloat16") == ("mixed_bfloat16", "as requested")
-    dtype, why = precision.resolve_dtype("auto", backend="torch", cpuinfo=str(cpuinfo))
+    dtype, why = precision.resolve_dtype("auto", backend="torch", cpuinfo=_cpuinfo(tmp_path, OLD_CPU))
     assert dtype == "float32" and why.startswith("auto: ")
     with pytest.raises(ValueError, match=r"Unknown dtype 'bf16'; accepted: 'auto', 'float32', 'bfloat16'"):
         precision.resolve_dtype("bf16")
