@@ -9,7 +9,7 @@ in for inference:
   ``bf16`` in ``/proc/cpuinfo``): it measures a bfloat16 and a float32 matmul of
   a T2T-ViT block's shape on the backend in use (``bfloat16_speedup``, ~0.1 s,
   once per process) and takes bfloat16 when it is at least ``MIN_SPEEDUP``
-  times as fast. Measured, not assumed from the flags: an Intel Xeon with
+  times as fast (1.3 on torch, 2.0 on TensorFlow). Measured, not assumed from the flags: an Intel Xeon with
   AVX512_BF16 but no AMX ran bfloat16 matmuls at half the float32 rate, an AMD
   EPYC (Zen 5, family 26) with the same flag at about 4 times it (torch, 2
   threads), and AMX Xeons at 20 times it;
@@ -43,9 +43,12 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "mixed_bfloat16")
 # and later), ARM's BF16 extension. Without one of them bfloat16 is emulated: never faster.
 BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 ISA_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2")
-# bfloat16 is chosen when its matmul runs at least this many times as fast as float32's:
-# the float32 islands and the memory-bound layers take part of the gain back.
-MIN_SPEEDUP = 1.3
+# bfloat16 is chosen when its matmul runs at least this many times as fast as float32's: the
+# float32 islands and the memory-bound layers take part of the gain back, and on TensorFlow
+# bfloat16 also gives up XLA. Measured on an AMD EPYC (Zen 5), T2T-ViT-14: torch's matmul
+# ~4x -> the model 2.6x at batch 32 and 1.5x at batch 1; TensorFlow's matmul ~1.5x -> the
+# model 1.23x at batch 32 but slightly slower at batch 1 (42.9 vs 41.4 ms), hence its 2.0.
+MIN_SPEEDUP = {"torch": 1.3, "tensorflow": 2.0}
 # The matmul measured: a block's qkv projection at batch 8 of T2T-ViT-14 (8 x 197 tokens, 384 -> 1152).
 SPEEDUP_SHAPE = (1576, 384, 1152)
 JAX_CPU_REASON = ("XLA:CPU compiles every bfloat16 dot as a float32 dot between two conversions "
@@ -148,7 +151,7 @@ def recommended_dtype(backend=None, explain=False, cpuinfo="/proc/cpuinfo"):
     returns ``(dtype, reason)``. ``cpuinfo``: the file to read the CPU's flags
     from. bfloat16 is chosen only where it is faster than float32: a bfloat16
     GPU, or a CPU with bfloat16 arithmetic on which the backend's bfloat16
-    matmul was just measured at least ``MIN_SPEEDUP`` times as fast as float32
+    matmul was just measured at least ``MIN_SPEEDUP[backend]`` times as fast as float32
     (``bfloat16_speedup``); the module's docstring says what was found where.
     """
     backend = backend or keras.backend.backend()
@@ -173,8 +176,9 @@ def recommended_dtype(backend=None, explain=False, cpuinfo="/proc/cpuinfo"):
         speedup = bfloat16_speedup(backend)
         measured = (f"{cpu} ({', '.join(flags)}): a bfloat16 matmul of a T2T-ViT block's shape ran "
                     f"{speedup:.1f}x as fast as float32 on {backend}")
-        choice = ("bfloat16", measured) if speedup >= MIN_SPEEDUP else (
-            "float32", f"{measured}, below the {MIN_SPEEDUP}x that pays for the float32 islands")
+        needed = MIN_SPEEDUP[backend]
+        choice = ("bfloat16", measured) if speedup >= needed else (
+            "float32", f"{measured}, below the {needed}x at which the whole model runs faster")
     return choice if explain else choice[0]
 
 

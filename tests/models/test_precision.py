@@ -160,7 +160,7 @@ def test_a_cpu_with_bfloat16_arithmetic_gets_what_the_measurement_says(tmp_path)
         return
     speedup = precision.bfloat16_speedup()
     assert speedup > 0 and f"{speedup:.1f}x as fast as float32 on {backend}" in why
-    assert dtype == ("bfloat16" if speedup >= precision.MIN_SPEEDUP else "float32")
+    assert dtype == ("bfloat16" if speedup >= precision.MIN_SPEEDUP[backend] else "float32")
     other = "torch" if backend != "torch" else "tensorflow"
     assert precision.recommended_dtype(other, cpuinfo=_cpuinfo(tmp_path, AMX_CPU)) == "float32"
     with pytest.raises(ValueError, match="measures the backend in use"):
