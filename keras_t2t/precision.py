@@ -33,10 +33,11 @@ softmax sums, LayerNorm statistics (Keras computes them in float32), the fixed
 position table, and the returned scores.
 """
 
-import os
 import platform
 
 import keras
+
+from keras_t2t.models.base import ClassifierModel
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "mixed_bfloat16")
 # CPU flags of bfloat16 arithmetic: Intel AMX, AVX512_BF16 (Intel Cooper Lake and later, AMD Zen 4
@@ -73,7 +74,7 @@ def cpu_info(path="/proc/cpuinfo"):
 
 
 def isa_flags(path="/proc/cpuinfo"):
-    """``{flag: bool}`` for the flags of ``ISA_FLAGS``: what the benchmark records beside every figure."""
+    """``{flag: bool}`` for the flags of ``ISA_FLAGS``: the CPU features that decide how fast bfloat16 can be."""
     flags = set(cpu_info(path)["flags"])
     return {flag: flag in flags for flag in ISA_FLAGS}
 
@@ -241,20 +242,6 @@ def cast_model(model, dtype):
     return twin
 
 
-def environment_report():
-    """What a figure needs beside it: the CPU, its ISA flags, the backend, and the recommended dtype."""
-    info = cpu_info()
-    dtype, reason = recommended_dtype(explain=True)
-    return {
-        "cpu": info["model"],
-        "isa_flags": isa_flags(),
-        "cores": os.cpu_count(),
-        "backend": keras.backend.backend(),
-        "recommended_dtype": dtype,
-        "reason": reason,
-    }
-
-
 def apply_dtype(model, value="auto", backend=None):
     """``model`` in the dtype a ``--dtype`` value names -> (model, dtype, reason).
 
@@ -264,7 +251,7 @@ def apply_dtype(model, value="auto", backend=None):
     reason says so.
     """
     dtype, reason = resolve_dtype(value, backend)
-    if not hasattr(model, "t2t_type") and not hasattr(model, "patch_size"):
+    if not isinstance(model, ClassifierModel):
         if dtype != compute_dtype(model):
             reason = f"kept in {compute_dtype(model)}: only keras_t2t models are rebuilt in another dtype"
         return model, compute_dtype(model), reason

@@ -117,7 +117,7 @@ def add_dtype_argument(parser, default="auto"):
 
     parser.add_argument(
         "--dtype", choices=DTYPE_CHOICES, default=default,
-        help=f"compute dtype of the model (default: {default}; auto: bfloat16 where the hardware runs it "
-             "faster than float32, i.e. a bfloat16 GPU or an AMX CPU on PyTorch, else float32; "
-             "keras_t2t.recommended_dtype(explain=True) says why)",
+        help=f"compute dtype of the model (default: {default}; auto: bfloat16 where it runs faster than "
+             "float32 here, i.e. a bfloat16 GPU, or a CPU whose bfloat16 matmul is measured faster on this "
+             "backend, else float32; keras_t2t.recommended_dtype(explain=True) says why)",
     )
