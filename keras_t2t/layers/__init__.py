@@ -6,7 +6,7 @@ Names follow the paper and the authors' checkpoint keys (``../shared/T2T-SPEC.md
   ``TokenTransformer`` (the two T2T layer types), ``restructurization`` and
   ``TokensToToken`` (the whole T2T module);
 - ``attention``: the one softmax attention (``attend``, ``chunked_attention``,
-  ``attention_probabilities``), ``MultiHeadSelfAttention`` and the tracing forms
+  ``attention_by_batch_chunks``, ``attention_probabilities``), ``MultiHeadSelfAttention`` and the tracing forms
   (``export_tracing``);
 - ``transformer``: ``Mlp``, ``DropPath`` and the backbone's ``TransformerBlock``;
 - ``embeddings``: ``ClassToken``, ``SinusoidPositionEmbedding``, ``TokenPooling``;
@@ -21,6 +21,7 @@ from keras_t2t.layers.attention import (
     AttentionTracing,
     MultiHeadSelfAttention,
     attend,
+    attention_by_batch_chunks,
     attention_probabilities,
     chunked_attention,
     export_tracing,
@@ -107,6 +108,7 @@ __all__ = [
     "TokensToToken",
     "TransformerBlock",
     "attend",
+    "attention_by_batch_chunks",
     "attention_probabilities",
     "chunked_attention",
     "dense",

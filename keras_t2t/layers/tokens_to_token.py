@@ -113,6 +113,8 @@ class TokenPerformer(ConfigFields, keras.layers.Layer):
     """
 
     def __init__(self, token_dim=64, kernel_ratio=0.5, dropout=0.1, **kwargs):
+        # The tokens reach norm1 unrounded (see ``first_stage_dtype``).
+        kwargs["autocast"] = False
         super().__init__(**kwargs)
         # === config ===
         self.token_dim = int(token_dim)
@@ -126,7 +128,7 @@ class TokenPerformer(ConfigFields, keras.layers.Layer):
                 f"{self.token_dim}, kernel_ratio={self.kernel_ratio}."
             )
         policy = self.dtype_policy
-        self.norm1 = layer_norm("norm1", dtype=policy)
+        self.norm1 = layer_norm("norm1", dtype=first_stage_dtype(policy))
         self.kqv = dense(3 * self.token_dim, "kqv", dtype=policy)
         self.proj = dense(self.token_dim, "proj", dtype=policy)
         self.proj_drop = keras.layers.Dropout(self.dropout, dtype=policy)
@@ -197,6 +199,8 @@ class TokenTransformer(ConfigFields, AttentionTracing, keras.layers.Layer):
         attention_chunk_threshold=DEFAULT_ATTENTION_CHUNK_THRESHOLD,
         **kwargs,
     ):
+        # The tokens reach norm1 unrounded (see ``first_stage_dtype``).
+        kwargs["autocast"] = False
         super().__init__(**kwargs)
         # === config ===
         self.token_dim = int(token_dim)
@@ -210,7 +214,7 @@ class TokenTransformer(ConfigFields, AttentionTracing, keras.layers.Layer):
             raise ValueError(f"attention_chunk_size must be >= 1; got {attention_chunk_size!r}.")
 
         policy = self.dtype_policy
-        self.norm1 = layer_norm("norm1", dtype=policy)
+        self.norm1 = layer_norm("norm1", dtype=first_stage_dtype(policy))
         self.qkv = dense(3 * self.token_dim, "qkv", use_bias=False, dtype=policy)
         self.proj = dense(self.token_dim, "proj", dtype=policy)
         self.proj_drop = keras.layers.Dropout(self.dropout, dtype=policy)
@@ -297,14 +301,19 @@ class Restructurize(ConfigFields, keras.layers.Layer):
 
 
 def first_stage_dtype(policy):
-    """The dtype of the T2T module's first soft split and T2T layer under ``policy``: float32
-    whenever the policy computes in lower precision, else the policy itself.
+    """The dtype of what reads unrounded values in the T2T module under ``policy``: the first
+    soft split (the raw pixels) and every T2T layer's input LayerNorm (``norm1``). float32
+    whenever the policy computes in lower precision, else the policy itself; the rest of
+    each T2T layer computes in the policy, its ``norm1`` output rounded once.
 
-    Measured (digits-trained t2t_vit_mini, 359 validation images): rounding the
-    images to bfloat16 alone moves the logits by up to 7.6% of their largest value
-    and flips 2 of 359 top-1s; with the first stage in float32 the bfloat16 model
-    agrees on all 359 and the logits move by at most 1.1%. Rounding every weight
-    to bfloat16 moves them by 0.3%. The first layer is ~2% of T2T-ViT-14's MACs.
+    Measured on the validation digits (359 images, the logit error relative to the largest
+    float32 logit). Rounding the images to bfloat16 before the first soft split flips 2 of
+    359 top-1s of the digits-trained t2t_vit_mini and moves its logits by up to 7.6%: a
+    LayerNorm over a near-uniform 7x7 window divides the rounding by a tiny deviation.
+    Rounding every weight moves them by 0.3%. With the pixels and each ``norm1`` input
+    unrounded, bfloat16 agrees on all 359 (mini: 1.1% on torch, 1.8% on TensorFlow; a
+    digits-trained T2T-ViT-7 at 64x64: 1.6% and 3.6%), close to running the whole first
+    T2T layer in float32 (1.2-3.0%), which made T2T-ViT-14's T2T module ~15% slower on torch.
     """
     policy = keras.dtype_policies.get(policy)
     return "float32" if policy.compute_dtype != "float32" else policy
@@ -354,8 +363,7 @@ class TokensToToken(keras.layers.Layer):
         ]
         token_layer = TokenPerformer if t2t_type == "performer" else TokenTransformer
         self.attentions = [
-            token_layer(token_dim=self.token_dim, dropout=self.dropout, name=f"attention{i}",
-                        dtype=first if i == 1 else policy)
+            token_layer(token_dim=self.token_dim, dropout=self.dropout, name=f"attention{i}", dtype=policy)
             for i in range(1, len(self.stages))
         ]
         self.restructurizations = []

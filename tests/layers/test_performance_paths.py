@@ -252,3 +252,37 @@ def test_both_softmax_forms_give_the_attention(tracing, rng):
     with pytest.raises(ValueError, match=r"tracing must be one of \('fast', 'export'\); got 'softmax'"):
         layers.attend(q, k, v, 0.3, tracing="softmax")
     assert layers.TokenTransformer().tracing == layers.MultiHeadSelfAttention(2).tracing == "fast"
+
+
+@pytest.mark.parametrize("max_logits", [1, 2 * 30 * 30, 10**9])
+def test_attention_by_batch_chunks_is_the_softmax_attention_in_bfloat16(max_logits, rng):
+    # torch's bfloat16 path on a CPU (attend picks it there); any backend can run it. Chunks of one,
+    # two and all five images: each within bfloat16 rounding of the float64 attention of the
+    # rounded inputs, and the same result whatever the chunking.
+    q, k, v = (rng.standard_normal((5, 2, 30, 16)).astype("float32") for _ in range(3))
+    rounded = [_np(keras.ops.cast(keras.ops.cast(x, "bfloat16"), "float32")).astype("float64") for x in (q, k, v)]
+    expected = ref.softmax(np.einsum("bhqd,bhkd->bhqk", rounded[0], rounded[1]) * 0.25, axis=-1) @ rounded[2]
+    bf16 = [keras.ops.cast(x, "bfloat16") for x in (q, k, v)]
+    out = layers.attention_by_batch_chunks(*bf16, 0.25, max_logits=max_logits)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    got = _np(keras.ops.cast(out, "float32"))
+    np.testing.assert_allclose(got, expected, atol=3e-2, rtol=3e-2)
+    whole = _np(keras.ops.cast(layers.attention_by_batch_chunks(*bf16, 0.25, max_logits=10**9), "float32"))
+    np.testing.assert_allclose(got, whole, atol=1e-2, rtol=1e-2)
+
+
+def test_torch_bfloat16_attention_on_a_cpu_takes_the_batch_chunks(rng):
+    # attend's choice on torch: bfloat16 on a CPU with small per-image logits -> batch chunks, whose
+    # result equals attention_by_batch_chunks' exactly; float32 -> torch's fused kernel.
+    if keras.backend.backend() != "torch":
+        pytest.skip("torch's attention path")
+    from keras_t2t.layers import attention
+
+    q, k, v = (keras.ops.cast(rng.standard_normal((3, 2, 20, 8)).astype("float32"), "bfloat16") for _ in range(3))
+    assert attention.TORCH_BFLOAT16_CHUNK_LOGITS >= 2 * 20 * 20
+    got = _np(keras.ops.cast(layers.attend(q, k, v, 0.3), "float32"))
+    want = _np(keras.ops.cast(layers.attention_by_batch_chunks(q, k, v, 0.3), "float32"))
+    np.testing.assert_array_equal(got, want)
+    fused = _np(keras.ops.cast(keras.ops.dot_product_attention(
+        *(keras.ops.transpose(x, (0, 2, 1, 3)) for x in (q, k, v)), scale=0.3), "float32")).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(got, fused, atol=3e-2, rtol=3e-2)

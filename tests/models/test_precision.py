@@ -23,9 +23,10 @@ TRAINED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "export", "fi
                        "model.keras")
 # The issue's target: top-1 agreement of bfloat16 with float32 on trained weights.
 MIN_AGREEMENT = 0.995
-# Largest |logit difference| over the largest |logit|, measured 0.7-1.6% on the three backends
-# (7.5% with the images rounded to bfloat16 before the first soft split).
-MAX_RELATIVE_LOGIT_ERROR = 0.03
+# Largest |logit difference| over the largest |logit|, measured 1.1-2.2% on the three backends
+# (7.6% with the images rounded to bfloat16 before the first soft split); the margin is for
+# other CPUs' bfloat16 kernels.
+MAX_RELATIVE_LOGIT_ERROR = 0.04
 
 
 def _np(x):
@@ -71,13 +72,15 @@ def test_trained_model_in_bfloat16_agrees_with_float32_on_the_validation_digits(
 def test_bfloat16_model_keeps_its_float32_islands_and_returns_float32(trained32):
     model = precision.cast_model(trained32, "bfloat16")
     float32 = sorted(v.path for v in model.weights if v.dtype == "float32")
-    # The first T2T layer (it reads the raw pixels), the performer's random features of every
-    # T2T layer, and the fixed position table; everything else is bfloat16.
-    first = [v.path for v in model.weights if v.path.startswith("tokens_to_token/attention1/")]
-    others = [v.path for v in model.weights if v.path.endswith("/w") and v.path not in first]
-    assert len(first) == 13  # norm1 (2), kqv (2), proj (2), norm2 (2), mlp (4), w
-    assert float32 == sorted(first + others + ["pos_embed/pos_embed"])
+    # Every T2T layer's input LayerNorm (it reads unrounded tokens: the raw pixels' windows in the
+    # first), the performer's random features, and the fixed position table; everything else,
+    # the rest of the first T2T layer included, is bfloat16.
+    attentions = sorted({v.path.split("/")[1] for v in model.weights if v.path.startswith("tokens_to_token/attention")})
+    assert attentions  # the mini has T2T layers
+    islands = [f"tokens_to_token/{a}/{name}" for a in attentions for name in ("norm1/beta", "norm1/gamma", "w")]
+    assert float32 == sorted(islands + ["pos_embed/pos_embed"])
     assert {v.dtype for v in model.weights if v.path not in float32} == {"bfloat16"}
+    assert model.get_layer("tokens_to_token").attentions[0].kqv.compute_dtype == "bfloat16"
     out = model(np.zeros((2, 32, 32, 3), "float32"))
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
 
