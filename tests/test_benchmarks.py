@@ -1,13 +1,16 @@
 """benchmarks/run.py: the quick run end to end (JSON, Markdown, PNG), a failing and a
-timed-out case contained in their (backend, variant) child, and the default case selection.
+timed-out case contained in their (backend, variant) child, the default case selection,
+and ``--dtype`` (the dtype of the plain cases, recorded on every row).
 
-TensorFlow backend only (CI budget: ~2 min on 2 cores); the numbers of a quick
-run are not checked, only that they exist.
+The full quick runs: TensorFlow backend only (CI budget: ~2 min on 2 cores); the
+``--dtype`` runs (two cases at 32x32) on every backend, each on its own. The numbers
+of a quick run are not checked, only that they exist.
 """
 
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +18,12 @@ import keras
 import pytest
 from helpers import REPO
 
+from benchmarks.cases import case_dtype
+from keras_t2t.precision import DTYPE_CHOICES, ISA_FLAGS
+
 RUN_PY = os.path.join(REPO, "benchmarks", "run.py")
+AGREEMENT_MODEL = os.path.join(REPO, "tests", "export", "fixtures", "digits_t2t_vit_mini", "model.keras")
+BACKEND = keras.backend.backend()
 ALL_CASES = ("infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16", "infer_b32_bfloat16",
              "latency_b1_bfloat16", "train_b32", "train_b32_mixed_bf16")  # on TensorFlow
 BF16_CASES = ("infer_b32_bf16", "infer_b32_bfloat16", "latency_b1_bfloat16", "train_b32_mixed_bf16")
@@ -33,13 +41,13 @@ def _load_run():
     return module
 
 
-def _quick_run(out, *extra, fault=None):
+def _quick_run(out, *extra, fault=None, backend="tensorflow"):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("T2T_BENCH_TEST_FAULT", None)
     if fault:
         env["T2T_BENCH_TEST_FAULT"] = fault
     proc = subprocess.run(
-        [sys.executable, RUN_PY, "--quick", "--backends", "tensorflow", "--variants", "t2t_vit_7",
+        [sys.executable, RUN_PY, "--quick", "--backends", backend, "--variants", "t2t_vit_7",
          "--output-dir", str(out), *extra],
         cwd=REPO,
         env=env,
@@ -89,9 +97,18 @@ def test_quick_run_writes_reports(tmp_path):
         bf16 = cases[name]
         assert bf16["agreement_model"].endswith("digits_t2t_vit_mini/model.keras") and bf16["agreement_images"] == 359
         assert bf16["top1_agreement"] >= 0.995 and 0.0 < bf16["max_relative_logit_error"] < 0.03
-    assert report["machine"]["isa_flags"] == [
-        f for f in ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16") if f in open("/proc/cpuinfo").read().split()
-    ]
+    with open("/proc/cpuinfo") as handle:
+        words = handle.read().split()
+    assert report["machine"]["isa_flags"] == [f for f in ISA_FLAGS if f in words]
+    # --dtype float32 (the default): the plain cases run in float32, no agreement columns; every
+    # other case says the dtype it ran in.
+    assert report["settings"]["dtype"] == "float32"
+    for name in ("infer_b32", "latency_b1", "train_b32"):
+        assert cases[name]["dtype"] == "float32" and cases[name]["dtype_reason"] == "as requested"
+        assert "top1_agreement" not in cases[name]
+    for name in BF16_CASES:
+        assert cases[name]["dtype"] == cases[name]["policy"]
+    assert cases["tflite_b1"]["dtype"] == "float32" and cases["tflite_int8_b1"]["dtype"] == "dynamic_int8"
     assert cases["infer_b32"]["model_built"] and not cases["latency_b1"]["model_built"]
     for r in cases.values():
         assert r["status"] == "ok", r
@@ -115,9 +132,9 @@ def test_quick_run_writes_reports(tmp_path):
 
     markdown = (out / "results.md").read_text()
     assert "QUICK" in markdown and "| backend | variant | case |" in markdown
-    assert "| rss at start MB | peak RSS MB |" in markdown
-    for case in cases:
-        assert f"| tensorflow | t2t_vit_7 | {case} |" in markdown
+    assert "| rss at start MB | peak RSS MB |" in markdown and "--dtype float32 for" in markdown
+    for case, r in cases.items():
+        assert f"| tensorflow | t2t_vit_7 | {case} | {r['dtype']} |" in markdown
 
     png = (out / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
@@ -179,6 +196,73 @@ def test_process_per_case_and_a_crashed_child(tmp_path):
         assert cases[case]["peak_rss_method"].startswith("fresh process per case")
         assert cases[case]["rss_start_mb"] <= cases[case]["peak_rss_mb"]
     assert len({r["pid"] for r in cases.values()}) == 3
+
+
+def _dtype_run(tmp_path, dtype, cases="infer_b32,train_b32", *extra):
+    """A quick run of ``cases`` at 32x32 with ``--dtype`` on the test's own backend -> (rows by case, report)."""
+    proc, report = _quick_run(tmp_path / "results", "--dtype", dtype, "--cases", cases, "--image-size", "32", *extra,
+                              backend=BACKEND)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert report["settings"]["dtype"] == dtype
+    rows = {r["case"]: r for r in report["results"]}
+    assert list(rows) == cases.split(",") and all(r["status"] == "ok" for r in rows.values()), rows
+    return rows, (tmp_path / "results" / "results.md").read_text()
+
+
+def test_dtype_bfloat16_runs_the_plain_cases_in_bfloat16_and_trains_mixed(tmp_path):
+    # A copy of the trained digits model as --agreement-model: the row names the copy, so the flag
+    # reached the child (it used to be dropped there).
+    agreement_model = tmp_path / "trained.keras"
+    shutil.copyfile(AGREEMENT_MODEL, agreement_model)
+    rows, markdown = _dtype_run(tmp_path, "bfloat16", "infer_b32,train_b32", "--agreement-model", str(agreement_model))
+
+    infer = rows["infer_b32"]
+    assert infer["dtype"] == "bfloat16" and infer["dtype_reason"] == "as requested"
+    # Built as the commands build it: on TensorFlow without XLA (oneDNN's bfloat16 matmul).
+    assert infer["compiled"] is (BACKEND == "jax")
+    assert infer["agreement_model"] == str(agreement_model) and infer["agreement_images"] == 359
+    assert infer["top1_agreement"] >= 0.995 and 0.0 < infer["max_relative_logit_error"] < 0.03
+
+    train = rows["train_b32"]
+    assert train["dtype"] == "mixed_bfloat16"
+    assert train["dtype_reason"] == ("as requested; trained under mixed_bfloat16 (float32 variables): "
+                                     "pure bfloat16 training is not offered")
+    assert train["agreement_model"] == str(agreement_model) and train["top1_agreement"] >= 0.995
+
+    assert "--dtype bfloat16 for infer_b32, latency_b1, train_b32" in markdown
+    assert f"| {BACKEND} | t2t_vit_7 | infer_b32 | bfloat16 |" in markdown
+    assert f"| {BACKEND} | t2t_vit_7 | train_b32 | mixed_bfloat16 |" in markdown
+
+
+def test_dtype_auto_is_resolved_in_the_child_and_says_why(tmp_path):
+    rows, _ = _dtype_run(tmp_path, "auto", "infer_b32")
+    infer = rows["infer_b32"]
+    # Resolved in the child by keras_t2t.precision: bfloat16 only where it measured faster there.
+    assert infer["dtype_reason"].startswith("auto: ") and infer["dtype"] in ("float32", "bfloat16")
+    assert ("top1_agreement" in infer) is (infer["dtype"] != "float32")
+
+
+def test_a_resolved_bfloat16_trains_under_mixed_bfloat16_and_says_so():
+    # What auto picks depends on the machine (the runs above see one answer); the mapping does not.
+    note = "trained under mixed_bfloat16 (float32 variables): pure bfloat16 training is not offered"
+    assert case_dtype("train_b32", ("bfloat16", "auto: fast")) == ("mixed_bfloat16", f"auto: fast; {note}")
+    assert case_dtype("infer_b32", ("bfloat16", "auto: fast")) == ("bfloat16", "auto: fast")
+    assert case_dtype("train_b32", ("float32", "auto: slow")) == ("float32", "auto: slow")
+    assert case_dtype("train_b32", ("mixed_bfloat16", "as requested")) == ("mixed_bfloat16", "as requested")
+    # The cases --dtype does not set keep their own dtype, whatever was asked.
+    assert case_dtype("infer_b32_bf16", ("bfloat16", "as requested"))[0] == "mixed_bfloat16"
+    assert case_dtype("tflite_b1", ("bfloat16", "as requested"))[0] == "float32"
+
+
+def test_a_bad_dtype_exits_2_naming_it_and_the_accepted_ones(capsys):
+    run = _load_run()
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--dtype", "float16"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--dtype" in err and "'float16'" in err
+    for choice in DTYPE_CHOICES:
+        assert choice in err
 
 
 def test_default_cases_per_variant():
