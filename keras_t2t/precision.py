@@ -6,7 +6,8 @@ in for inference:
 * a GPU the backend sees with bfloat16 arithmetic (NVIDIA compute capability
   8.0 or newer, or any TPU): ``"bfloat16"``;
 * a CPU with bfloat16 arithmetic (``amx_bf16``, ``avx512_bf16`` or ARM's
-  ``bf16`` in ``/proc/cpuinfo``): it measures a bfloat16 and a float32 matmul of
+  ``bf16`` in ``/proc/cpuinfo``; on TensorFlow only ``amx_bf16``, see
+  ``TENSORFLOW_NO_AMX_REASON``): it measures a bfloat16 and a float32 matmul of
   a T2T-ViT block's shape on the backend in use (``bfloat16_speedup``, ~0.1 s,
   once per process) and takes bfloat16 when it is at least ``MIN_SPEEDUP``
   times as fast (1.3 on torch, 2.0 on TensorFlow). Measured, not assumed from the flags: an Intel Xeon with
@@ -56,6 +57,11 @@ ISA_FLAGS = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx2
 MIN_SPEEDUP = {"torch": 1.3, "tensorflow": 2.0}
 # The matmul measured: a block's qkv projection at batch 8 of T2T-ViT-14 (8 x 197 tokens, 384 -> 1152).
 SPEEDUP_SHAPE = (1576, 384, 1152)
+# Measured on an AMD EPYC (Zen 5, avx512_bf16, no AMX), T2T-ViT-14: TensorFlow's bfloat16 matmul
+# read 1.5x float32 in one session and 2.8x in another, while the bfloat16 model (no XLA) was
+# 1.1-1.2x float32 (XLA) at batch 32 and slower at batch 1 both times (44.2-45.7 vs 41.4-42.2 ms).
+TENSORFLOW_NO_AMX_REASON = ("TensorFlow runs bfloat16 without XLA, which was slower than float32 at batch 1 "
+                            "on such a CPU (an AMD EPYC with avx512_bf16: 44.2 vs 42.2 ms for T2T-ViT-14)")
 JAX_CPU_REASON = ("XLA:CPU compiles every bfloat16 dot as a float32 dot between two conversions "
                   "(no bfloat16 path), so bfloat16 is slower than float32")
 
@@ -174,6 +180,8 @@ def recommended_dtype(backend=None, explain=False, cpuinfo="/proc/cpuinfo"):
         choice = ("float32", f"{cpu} has no bfloat16 arithmetic (none of {', '.join(BFLOAT16_FLAGS)})")
     elif backend == "jax":
         choice = ("float32", f"{cpu} has {', '.join(flags)}, but {JAX_CPU_REASON}")
+    elif backend == "tensorflow" and "amx_bf16" not in flags:
+        choice = ("float32", f"{cpu} has {', '.join(flags)} but no AMX, and {TENSORFLOW_NO_AMX_REASON}")
     elif backend != keras.backend.backend():
         choice = ("float32", f"{cpu} has {', '.join(flags)}; bfloat16 on {backend} is measured only in a "
                              f"process running that backend")

@@ -134,6 +134,7 @@ def test_restructurize_is_the_reshape_of_the_reference_and_sits_in_the_t2t_modul
 
 
 AMX_CPU = "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+ZEN5_CPU = "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
 OLD_CPU = "model name\t: Intel(R) Xeon(R) CPU E5-2680 v4\nflags\t\t: fpu avx2\n"
 
 
@@ -153,6 +154,13 @@ def test_no_bfloat16_arithmetic_means_float32_without_measuring(tmp_path, backen
 def test_jax_on_a_cpu_stays_float32_whatever_the_flags(tmp_path):
     dtype, why = precision.recommended_dtype("jax", explain=True, cpuinfo=_cpuinfo(tmp_path, AMX_CPU))
     assert dtype == "float32" and "XLA:CPU" in why and "amx_bf16, avx512_bf16" in why
+
+
+def test_tensorflow_needs_amx_for_bfloat16_on_a_cpu(tmp_path):
+    # AVX512_BF16 without AMX: TensorFlow's bfloat16 model (no XLA) was slower at batch 1 than
+    # float32 under XLA, whatever the matmul measurement said.
+    dtype, why = precision.recommended_dtype("tensorflow", explain=True, cpuinfo=_cpuinfo(tmp_path, ZEN5_CPU))
+    assert dtype == "float32" and "avx512_bf16 but no AMX" in why and "batch 1" in why
 
 
 def test_a_cpu_with_bfloat16_arithmetic_gets_what_the_measurement_says(tmp_path):
