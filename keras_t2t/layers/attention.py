@@ -133,14 +133,18 @@ def attention_by_batch_chunks(q, k, v, scale, max_logits=TORCH_BFLOAT16_CHUNK_LO
     bfloat16 logits accumulates in float32 and rounds its result once, as the float32 island
     of ``attention_probabilities`` followed by the cast to v's dtype does.
     """
+    def attention(q, k, v):
+        logits = ops.matmul(q * ops.cast(scale, q.dtype), ops.transpose(k, (0, 1, 3, 2)))
+        return ops.matmul(ops.softmax(logits, axis=-1), v)
+
     batch, heads, queries, _ = q.shape
+    if None in (batch, heads, queries, k.shape[2]):  # a symbolic shape: one chunk
+        return attention(q, k, v)
     per_chunk = max(1, max_logits // (heads * queries * k.shape[2]))
-    outputs = []
-    for start in range(0, batch, per_chunk):
-        stop = start + per_chunk
-        logits = ops.matmul(q[start:stop] * ops.cast(scale, q.dtype), ops.transpose(k[start:stop], (0, 1, 3, 2)))
-        outputs.append(ops.matmul(ops.softmax(logits, axis=-1), v[start:stop]))
-    return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=0)
+    if per_chunk >= batch:
+        return attention(q, k, v)
+    chunks = [slice(start, start + per_chunk) for start in range(0, batch, per_chunk)]
+    return ops.concatenate([attention(q[c], k[c], v[c]) for c in chunks], axis=0)
 
 
 def attend(q, k, v, scale, tracing=FAST, dropout=None, training=None):

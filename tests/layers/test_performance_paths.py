@@ -286,3 +286,12 @@ def test_torch_bfloat16_attention_on_a_cpu_takes_the_batch_chunks(rng):
     fused = _np(keras.ops.cast(keras.ops.dot_product_attention(
         *(keras.ops.transpose(x, (0, 2, 1, 3)) for x in (q, k, v)), scale=0.3), "float32")).transpose(0, 2, 1, 3)
     np.testing.assert_allclose(got, fused, atol=3e-2, rtol=3e-2)
+
+
+def test_attention_by_batch_chunks_traces_with_an_unknown_batch(rng):
+    # Inside a functional model the batch is unknown: one chunk, the same attention.
+    inputs = [keras.Input((2, 12, 8)) for _ in range(3)]
+    model = keras.Model(inputs, layers.attention_by_batch_chunks(*inputs, 0.3, max_logits=1))
+    q, k, v = (rng.standard_normal((3, 2, 12, 8)).astype("float32") for _ in range(3))
+    expected = ref.softmax(np.einsum("bhqd,bhkd->bhqk", q.astype("float64"), k.astype("float64")) * 0.3) @ v
+    np.testing.assert_allclose(_np(model.predict([q, k, v], verbose=0)), expected, atol=ATOL, rtol=ATOL)
