@@ -93,10 +93,15 @@ def merge_heads(x):
     return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, tokens, heads * depth))
 
 
-def _logits(q, k, scale):
+def _scores(q, k, scale):
+    """q k^T * scale in q's dtype: (B, heads, Tq, d), (B, heads, Tk, d) -> (B, heads, Tq, Tk)."""
     q, k = ops.convert_to_tensor(q), ops.convert_to_tensor(k)
     # q is scaled before the matmul: (T, d) multiplications instead of (T, T).
-    return ops.cast(ops.matmul(q * ops.cast(scale, q.dtype), ops.transpose(k, (0, 1, 3, 2))), "float32")
+    return ops.matmul(q * ops.cast(scale, q.dtype), ops.transpose(k, (0, 1, 3, 2)))
+
+
+def _logits(q, k, scale):
+    return ops.cast(_scores(q, k, scale), "float32")
 
 
 def attention_probabilities(q, k, scale):
@@ -134,8 +139,7 @@ def attention_by_batch_chunks(q, k, v, scale, max_logits=TORCH_BFLOAT16_CHUNK_LO
     of ``attention_probabilities`` followed by the cast to v's dtype does.
     """
     def attention(q, k, v):
-        logits = ops.matmul(q * ops.cast(scale, q.dtype), ops.transpose(k, (0, 1, 3, 2)))
-        return ops.matmul(ops.softmax(logits, axis=-1), v)
+        return ops.matmul(ops.softmax(_scores(q, k, scale), axis=-1), v)
 
     batch, heads, queries, _ = q.shape
     if None in (batch, heads, queries, k.shape[2]):  # a symbolic shape: one chunk

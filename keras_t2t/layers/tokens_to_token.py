@@ -311,9 +311,10 @@ def first_stage_dtype(policy):
     359 top-1s of the digits-trained t2t_vit_mini and moves its logits by up to 7.6%: a
     LayerNorm over a near-uniform 7x7 window divides the rounding by a tiny deviation.
     Rounding every weight moves them by 0.3%. With the pixels and each ``norm1`` input
-    unrounded, bfloat16 agrees on all 359 (mini: 1.1% on torch, 1.8% on TensorFlow; a
-    digits-trained T2T-ViT-7 at 64x64: 1.6% and 3.6%), close to running the whole first
-    T2T layer in float32 (1.2-3.0%), which made T2T-ViT-14's T2T module ~15% slower on torch.
+    unrounded, bfloat16 agrees on all 359 (mini: 1.1% on JAX, 2.2% on torch, 1.8% on
+    TensorFlow; a digits-trained T2T-ViT-7 at 64x64: 1.4%, 3.4% and 3.6%). Running the
+    whole first T2T layer in float32 instead changed these by at most 0.6 points and made
+    T2T-ViT-14's T2T module ~15% slower on torch.
     """
     policy = keras.dtype_policies.get(policy)
     return "float32" if policy.compute_dtype != "float32" else policy
