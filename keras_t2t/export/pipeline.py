@@ -52,7 +52,7 @@ from keras_t2t.export.samples import (
     to_uint8,
     verification_images,
 )
-from keras_t2t.export.staging import EXPORT_ENTRIES, ExportStaging
+from keras_t2t.export.staging import ExportStaging, export_entries
 from keras_t2t.export.verify import (
     DEFAULT_DECISIVE_MARGIN,
     Checks,
@@ -218,7 +218,7 @@ def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_c
     if representative_dir and representative_tfds:
         raise ExportError("Give one representative set: a folder or a TFDS dataset, not both.")
     # A new export replaces the previous one as a whole: any of its entries needs overwrite.
-    existing = [t for t in EXPORT_ENTRIES if os.path.lexists(os.path.join(output_dir, t))]
+    existing = export_entries(output_dir)
     if existing and not overwrite:
         raise ExportError(
             f"{output_dir!r} already holds {', '.join(existing)}; pass overwrite=True (--overwrite) to replace "
