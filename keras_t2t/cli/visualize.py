@@ -19,7 +19,6 @@ from keras_t2t.cli.args import (
     OneLineParser,
     UsageError,
     add_dtype_argument,
-    backend_error,
     image_size,
     positive_int,
 )
@@ -265,11 +264,6 @@ def _compare(args):
 
 
 def main(argv=None):
-    # `import keras_t2t` already stops an unknown KERAS_BACKEND in the command; this covers a call of main().
-    unknown_backend = backend_error()
-    if unknown_backend:
-        print(f"error: {unknown_backend}", file=sys.stderr)
-        return 2
     try:
         try:
             args = build_parser().parse_args(argv)
