@@ -42,8 +42,6 @@ BF16_CASES = {"infer_b32_bf16": "mixed_bfloat16", "infer_b32_bfloat16": "bfloat1
 AGREEMENT_MODEL = os.path.join(REPO, "tests", "export", "fixtures", "digits_t2t_vit_mini", "model.keras")
 # TFLite cases: the export format each converts to (keras_t2t.export).
 TFLITE_FORMATS = {"tflite_b1": "tflite_float32", "tflite_int8_b1": "tflite_dynamic_int8"}
-# What a TFLite case runs in: the float32 model converted, with int8 weights for tflite_int8_b1.
-TFLITE_DTYPES = {"tflite_b1": "float32", "tflite_int8_b1": "dynamic_int8"}
 BATCH_1_CASES = ("latency_b1", "latency_b1_bfloat16", "tflite_b1", "tflite_int8_b1")
 DEFAULT_VARIANTS = ("t2t_vit_7", "t2t_vit_14", "t2t_vit_t_14")
 # ``--cases default``: infer_b32_bf16 (~60-110 s per backend, its 256-image agreement
@@ -97,7 +95,7 @@ def case_dtype(case, requested):
     if case in BF16_CASES:
         return BF16_CASES[case], "the case's own dtype (--dtype sets only " + ", ".join(DTYPE_CASES) + ")"
     if case in TFLITE_FORMATS:
-        return TFLITE_DTYPES[case], f"the float32 model converted to {TFLITE_FORMATS[case]} (--dtype does not apply)"
+        return TFLITE_FORMATS[case].removeprefix("tflite_"), f"the float32 model converted to {TFLITE_FORMATS[case]} (--dtype does not apply)"
     if case == "authors_b32":
         return "float32", "the authors' PyTorch model (--dtype does not apply)"
     if case == "authors_bf16_blocks_b32":

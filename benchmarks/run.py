@@ -128,6 +128,7 @@ from benchmarks.machine import (
     best_shapes,
     cpu_model,
     isa_flags_present,
+    load_average,
     matmul_peak,
     package_versions,
     peak_summary,
@@ -420,7 +421,7 @@ def main(argv=None):
             # The ISA flags that decide whether bfloat16 can be fast (AMX) or merely run (AVX512_BF16).
             "isa_flags": isa_flags_present(),
             "cpus": os.cpu_count(),
-            "loadavg_before": list(os.getloadavg()),
+            "loadavg_before": load_average(),
         },
         "versions": package_versions(),
     }
@@ -455,9 +456,7 @@ def main(argv=None):
             if report["peak"].get("bfloat16_gflops"):
                 r["fraction_of_bf16_peak"] = r["achieved_gflops"] / report["peak"]["bfloat16_gflops"]
     report["results"] = results
-    report["machine"]["loadavg_after"] = list(os.getloadavg())
-    for key in ("loadavg_before", "loadavg_after"):
-        report["machine"][key] = [round(v, 2) for v in report["machine"][key]]
+    report["machine"]["loadavg_after"] = load_average()
     report["wall_s"] = time.perf_counter() - run_start
     # Children only (start-up included); the rest of wall_s is the parent's imports and matmul peaks.
     report["wall_s_per_backend"] = {b: sum(r["wall_s"] for r in results if r["backend"] == b) for b in backends}

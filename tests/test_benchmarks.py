@@ -18,11 +18,10 @@ import keras
 import pytest
 from helpers import REPO
 
-from benchmarks.cases import case_dtype
+from benchmarks.cases import AGREEMENT_MODEL, case_dtype
 from keras_t2t.precision import DTYPE_CHOICES, ISA_FLAGS
 
 RUN_PY = os.path.join(REPO, "benchmarks", "run.py")
-AGREEMENT_MODEL = os.path.join(REPO, "tests", "export", "fixtures", "digits_t2t_vit_mini", "model.keras")
 BACKEND = keras.backend.backend()
 ALL_CASES = ("infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16", "infer_b32_bfloat16",
              "latency_b1_bfloat16", "train_b32", "train_b32_mixed_bf16")  # on TensorFlow
