@@ -11,6 +11,7 @@ backend this child runs. Every result records the dtype that ran (``dtype``)
 and why (``dtype_reason``).
 """
 
+import functools
 import gc
 import json
 import os
@@ -323,17 +324,24 @@ class CaseRunner:
             return timed(lambda: run(images))
 
 
-def _top1_agreement(dtype, path=AGREEMENT_MODEL):
-    """Top-1 agreement and largest relative logit error of the TRAINED model at ``path`` in
-    ``dtype`` against itself in float32, on the validation digits at its own image size."""
+@functools.cache
+def _agreement_reference(path):
+    """(the TRAINED model at ``path`` without its softmax, its validation digits, its float32
+    logits): the same for every dtype, so computed once per process."""
     saved = keras.saving.load_model(path, compile=False)
     reference = saved.__class__.from_config(dict(saved.get_config(), classifier_activation=None))
     reference.set_weights(saved.get_weights())
-    model = precision.prepare_for_inference(precision.cast_model(reference, dtype))
     size = int(reference.input.shape[1])
     _, (images, _) = load_digits_images(image_size=size, validation_fraction=0.2, seed=0)
     images = preprocess_input(images)
-    want = np.asarray(reference.predict(images, batch_size=128, verbose=0), "float64")
+    return reference, images, np.asarray(reference.predict(images, batch_size=128, verbose=0), "float64")
+
+
+def _top1_agreement(dtype, path=AGREEMENT_MODEL):
+    """Top-1 agreement and largest relative logit error of the TRAINED model at ``path`` in
+    ``dtype`` against itself in float32, on the validation digits at its own image size."""
+    reference, images, want = _agreement_reference(path)
+    model = precision.prepare_for_inference(precision.cast_model(reference, dtype))
     got = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(model.predict(images, batch_size=128, verbose=0),
                                                                 "float32")), "float64")
     return {
