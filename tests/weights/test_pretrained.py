@@ -19,6 +19,7 @@ import socket
 import threading
 import urllib.parse
 
+import ml_dtypes
 import numpy as np
 import pytest
 from PIL import Image
@@ -435,3 +436,21 @@ def test_bad_arguments_exit_2_with_one_error_line(cache, capsys, argv, message):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
     assert _cached(cache) == []
+
+
+def test_a_tag_loads_into_bfloat16_variables_close_to_the_reference(served, mirror, cache):
+    # Issue 14: dtype="bfloat16" with a pretrained tag builds bfloat16 variables (the float32 islands
+    # aside) from the float32 checkpoint; the logits stay within bfloat16 rounding of the reference.
+    mirror.files[T7_FILE] = served.t7
+    model = keras_t2t.t2t_vit_7(weights="imagenet", classifier_activation=None, dtype="bfloat16")
+    assert {v.dtype for v in model.weights if v.path.endswith("qkv/kernel")} == {"bfloat16"}
+    assert keras_t2t.precision.compute_dtype(model) == "bfloat16"
+    images = random_images(13, 2, 224, 224)
+    want = ref.forward(served.ema, images, T7_CONFIG)
+    got = _logits(model, images).astype("float64")
+    assert np.abs(got - want).max() <= 0.04 * np.abs(want).max()
+    # Same weights as the float32 tag, rounded: one of them compared exactly.
+    loaded = model_state_dict(model)
+    key = "blocks.6.mlp.fc2.weight"
+    np.testing.assert_array_equal(np.asarray(loaded[key], "float32"),
+                                  np.asarray(served.ema[key]).astype(ml_dtypes.bfloat16).astype("float32"))
