@@ -15,6 +15,13 @@ refuse_unknown_backend()
 from keras_t2t.builders import BUILDERS, create_model, from_checkpoint, list_models, list_variants
 from keras_t2t.data.imagenet import decode_predictions
 from keras_t2t.data.images import preprocess_input
+from keras_t2t.hub import (
+    T2TViTBackbone,
+    T2TViTImageClassifier,
+    T2TViTImageClassifierPreprocessor,
+    T2TViTImageConverter,
+)
+from keras_t2t.hub.presets import list_presets, save_preset
 from keras_t2t.layers import (
     CheapOperation,
     ClassToken,
@@ -85,7 +92,11 @@ __all__ = [
     "SoftSplit",
     "SqueezeExcite",
     "T2TViT",
+    "T2TViTBackbone",
     "T2TViTDense",
+    "T2TViTImageClassifier",
+    "T2TViTImageClassifierPreprocessor",
+    "T2TViTImageConverter",
     "TokenPerformer",
     "TokenPooling",
     "TokenTransformer",
@@ -100,6 +111,7 @@ __all__ = [
     "detect_variant",
     "from_checkpoint",
     "list_models",
+    "list_presets",
     "list_variants",
     "list_weights",
     "load_weights",
@@ -107,6 +119,7 @@ __all__ = [
     "preprocess_input",
     "recommended_dtype",
     "resize_pos_embed",
+    "save_preset",
 ] + sorted(BUILDERS)
 
 __version__ = "0.1.0"

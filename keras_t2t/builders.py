@@ -5,9 +5,11 @@ the ``keras.applications`` keywords; ``keras_t2t.t2t_vit_14`` and the others are
 these builders. Weights are loaded through ``keras_t2t.weights``.
 """
 
+import functools
 import inspect
 import os
 
+from keras_t2t.hub import presets
 from keras_t2t.layers import DEFAULT_T2T_STAGES
 from keras_t2t.models.presets import MODELS, get_preset, names
 from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
@@ -87,9 +89,9 @@ def build_model(
     if weights is not None:
         weights = _check_weights_argument(weights, model_name)
         if is_weights_tag(weights):
-            # The release's image size and classes unless given; its Keras conversion, fetched once and cached.
-            input_shape, classes = pretrained.build_arguments(model_name, weights, input_shape, classes)
-            weights = pretrained.converted_weights(model_name, weights)
+            build = functools.partial(model_class, include_top=include_top, pooling=pooling,
+                                      classifier_activation=classifier_activation, name=name or model_name, **config)
+            return _from_release(model_name, weights, build, input_shape, classes, include_top, pooling, verbose)
         if not is_vit and state is None and not os.fspath(weights).endswith(".h5"):
             state, _ = loading.read_state_dict(weights, which=checkpoint_entry)
         if state is not None and input_shape is None:
@@ -121,6 +123,39 @@ def build_model(
         model.weights_report = report
         if verbose and isinstance(report, dict) and any(report.get(k) for k in (*HEADS, "pos_embed_resized")):
             print(f"keras_t2t: {model_name} from {os.fspath(weights)}: {report}")
+    return model
+
+
+def _from_release(model_name, tag, build, input_shape, classes, include_top, pooling, verbose):
+    """``weights=<tag>``: the release's preset folder (``keras_t2t.hub.presets``), fetched and converted once.
+
+    The release's image size, classes and Token Labeling head unless the keywords say
+    otherwise. A model built as the release is the one model a first load builds (the
+    release is read into it, then written as the preset); later loads read the preset
+    folder through Keras.
+    """
+    release = pretrained.release_for(model_name, tag)
+    native = (release.image_size, release.image_size, 3)
+    input_shape = native if input_shape is None else tuple(input_shape)
+    classes = release.classes if classes is None else classes
+    preset_name = f"{model_name}_{release.tag}"
+    model = None
+    if tuple(input_shape) == native and classes == release.classes and include_top and pooling == "token":
+        def as_release(name, arch, release_classes, token_labeling, preprocessor):
+            return build(input_shape=native, classes=release_classes, token_labeling_head=token_labeling)
+
+        folder, model = presets.convert_release(preset_name, build=as_release)
+        if model is not None:
+            model.weights_report = {"loaded": len(model.weights), "preset": folder, "converted": True}
+            return model
+    folder = presets.preset_folder(preset_name)
+    head_classes, token_labeling = presets.release_head(folder)
+    extra = {"token_labeling_head": True} if token_labeling and include_top and classes == head_classes else {}
+    model = build(input_shape=input_shape, classes=classes, **extra)
+    report = presets.load_into_classic(model, folder)
+    model.weights_report = report
+    if verbose and any(report.get(k) for k in (*HEADS, "pos_embed_resized")):
+        print(f"keras_t2t: {model_name} from the preset {folder}: {report}")
     return model
 
 

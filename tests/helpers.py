@@ -1,8 +1,11 @@
 """Small helpers shared by the tests (no model logic: that is what they test)."""
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
+import urllib.parse
 
 import numpy as np
 import reference as ref
@@ -110,3 +113,44 @@ def assign_vit_state_dict(model, sd):
             value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
         assert tuple(variable.shape) == value.shape, (variable.path, key)
         variable.assign(value.astype(variable.dtype))
+
+
+class Mirror:
+    """A loopback HTTP server: ``files`` (name -> body) are served, ``faults`` (name -> kind) broken."""
+
+    def __init__(self):
+        self.files, self.faults, self.requests = {}, {}, []
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                name = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
+                mirror.requests.append(name)
+                fault = mirror.faults.get(name)
+                if fault == "html":
+                    body, kind = b"<!DOCTYPE html>\n<html><body>Sign in to continue</body></html>\n", "text/html"
+                elif name in mirror.files:
+                    body, kind = mirror.files[name], "application/octet-stream"
+                else:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                # "short": the connection closes after half of the announced body.
+                self.wfile.write(body[: len(body) // 2] if fault == "short" else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/yitu/releases/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join()

@@ -11,7 +11,6 @@ import sys
 
 import keras
 
-from keras_t2t.builders import create_model
 from keras_t2t.cli.args import (
     IMAGE_SIZE_HELP,
     OneLineParser,
@@ -23,10 +22,11 @@ from keras_t2t.cli.args import (
     positive_int,
 )
 from keras_t2t.data.images import DEFAULT_CROP_PCT, list_image_folder
-from keras_t2t.evaluation import evaluate_folder, model_input_hw
+from keras_t2t.evaluation import evaluate_folder
+from keras_t2t.hub.presets import is_preset_name
 from keras_t2t.io_utils import check_output_folder, write_json_atomic
 from keras_t2t.precision import apply_dtype
-from keras_t2t.weights.loading import read_keras_file
+from keras_t2t.resolve import resolve_model
 from keras_t2t.weights.pretrained import is_weights_tag
 
 
@@ -40,7 +40,8 @@ def _build_parser():
             "ImageNet mean/std)."
         ),
     )
-    add_model_source(p, "a saved Keras model (.keras) mapping images to class scores",
+    add_model_source(p, "the model: a .keras file (a training run's model.keras is fed as the run evaluated it), a "
+                        "preset name (t2t_vit_7_imagenet, ...) or folder, or an authors' checkpoint",
                      "weights for --variant: a tag (imagenet, ...; keras-t2t-weights list) or a file "
                      "(checkpoint or .weights.h5)")
     p.add_argument("--data-dir", required=True, help="folder DATA_DIR/<class>/<images>")
@@ -50,7 +51,9 @@ def _build_parser():
         default=None,
         help=f"input size, {IMAGE_SIZE_HELP} (default: the model's input size, else 224)",
     )
-    p.add_argument("--crop-pct", type=fraction, default=DEFAULT_CROP_PCT, help="default 0.9")
+    p.add_argument("--crop-pct", type=fraction, default=None,
+                   help="center-crop fraction (default: the model's preset or training run's, else "
+                        f"{DEFAULT_CROP_PCT}); the output says which was used")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only N images (evenly spaced subset)")
     p.add_argument(
@@ -88,8 +91,8 @@ def _checked_model(parser, args):
         parser.error("--variant needs --weights PATH")
     if args.model is not None and args.weights:
         parser.error("--weights goes with --variant, not --model")
-    if args.model is not None and not os.path.isfile(args.model):
-        parser.error(f"--model: no such file {args.model!r}")
+    if args.model is not None and not os.path.exists(args.model) and not is_preset_name(args.model):
+        parser.error(f"--model: no such file or folder {args.model!r}, nor a preset name (keras_t2t.list_presets())")
     if args.weights and not os.path.exists(args.weights) and not is_weights_tag(args.weights):
         parser.error(f"--weights: no such file {args.weights!r}, nor a weights tag (imagenet, ...)")
     if args.output:
@@ -109,34 +112,27 @@ def _checked_model(parser, args):
 
     try:
         if args.model is not None:
-            if args.model.endswith(".keras"):
-                model = read_keras_file(args.model)
-            else:
-                model = keras.saving.load_model(args.model, compile=False)
-            model_desc = os.path.abspath(args.model)
+            resolved = resolve_model(args.model)
         else:
-            model = create_model(
-                args.variant, weights=args.weights, classifier_activation=None
-            )
-            source = args.weights if is_weights_tag(args.weights) else os.path.abspath(args.weights)
-            model_desc = f"{args.variant} ({source})"
+            resolved = resolve_model(args.variant, weights=args.weights, classifier_activation=None)
     except Exception as e:  # noqa: BLE001 - report any loading failure plainly
         parser.error(f"cannot load the model: {type(e).__name__}: {e}")
+    model, model_desc = resolved.model, resolved.description
+    args.preprocessing = resolved.preprocessing.with_overrides(args.image_size, args.crop_pct)
+    print(args.preprocessing.describe(), flush=True)
     model, args.dtype, args.dtype_reason = apply_dtype(model, args.dtype)
     print(f"dtype {args.dtype} ({args.dtype_reason})", flush=True)
     return model, model_desc
 
 
 def _evaluate(parser, args, model, model_desc):
-    image_size = args.image_size
-    if image_size is None:
-        image_size = model_input_hw(model) or 224
+    preprocessing = args.preprocessing
     try:
         result = evaluate_folder(
             model,
             args.data_dir,
-            image_size=image_size,
-            crop_pct=args.crop_pct,
+            image_size=preprocessing.image_size,
+            crop_pct=preprocessing.crop_pct,
             batch_size=args.batch_size,
             progress=not args.no_progress,
             limit=args.limit,
@@ -156,6 +152,9 @@ def _evaluate(parser, args, model, model_desc):
         class_index=args.class_index,
         dtype=args.dtype,
         dtype_reason=args.dtype_reason,
+        image_size=list(preprocessing.image_size),
+        crop_pct=preprocessing.crop_pct,
+        preprocessing_source=preprocessing.source,
         backend=keras.backend.backend(),
         keras_version=keras.__version__,
     )

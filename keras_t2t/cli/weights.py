@@ -9,7 +9,8 @@ Command line (also ``python -m keras_t2t.cli.weights``)::
 authors' top-1) and what of it is in the cache. ``fetch`` does what
 ``weights=TAG`` does on first use: download the file (``keras.utils.get_file``'s
 progress bar) from the release page or ``KERAS_T2T_WEIGHTS_URL``, check it,
-record its SHA-256 and convert it into the cache (``$KERAS_HOME/keras_t2t``), so
+record its SHA-256 and convert it into a KerasHub preset folder in the cache
+(``$KERAS_HOME/keras_t2t/presets/<model>_<tag>``), so
 that ``keras_t2t.t2t_vit_14(weights="imagenet")`` then needs no network.
 ``--refresh`` deletes what the cache holds of those weights (and its records)
 first. See ``keras_t2t.weights.pretrained``.
@@ -23,6 +24,7 @@ import os
 import sys
 
 from keras_t2t.cli.args import OneLineParser, UsageError, model_tag
+from keras_t2t.hub import presets
 from keras_t2t.models.presets import get_preset, list_weights
 from keras_t2t.weights import pretrained
 
@@ -50,11 +52,9 @@ def build_parser():
 
 
 def _cache_state(row):
-    folder = pretrained.cache_dir()
-    release = pretrained.release_for(row.model, row.tag)
-    if os.path.isfile(os.path.join(folder, pretrained.converted_name(row.model, release))):
+    if os.path.isfile(os.path.join(pretrained.preset_cache_folder(row.model, row.tag), "metadata.json")):
         return "converted"
-    return "downloaded" if os.path.isfile(os.path.join(folder, row.file)) else "-"
+    return "downloaded" if os.path.isfile(os.path.join(pretrained.cache_dir(), row.file)) else "-"
 
 
 def _list(args):
@@ -90,7 +90,7 @@ def _fetch(args):
             release = pretrained.release_for(model, tag)
             print(f"{name}: {release.file} ({pretrained.release_url(release)})", flush=True)
             pretrained.fetch_checkpoint(model, tag)
-            path = pretrained.converted_weights(model, tag)
+            path = presets.preset_folder(f"{model}_{release.tag}")
         except (pretrained.WeightsFetchError, ValueError, OSError) as error:
             print(f"error: {name}: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
             failed += 1

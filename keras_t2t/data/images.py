@@ -70,7 +70,7 @@ def check_crop_pct(crop_pct):
     return crop_pct
 
 
-def _resize_size(width, height, image_hw, crop_pct):
+def resize_size(width, height, image_hw, crop_pct):
     """Output (width, height) of the resize step for a ``width x height`` image."""
     crop_h, crop_w = image_hw
     if crop_h == crop_w:
@@ -88,7 +88,7 @@ def _resize_size(width, height, image_hw, crop_pct):
     return int(round(width / ratio)), int(round(height / ratio))
 
 
-def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT):
+def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Evaluation preprocessing of one PIL image.
 
     Args:
@@ -96,6 +96,7 @@ def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT):
         image_size: output size, an int or a ``(height, width)`` pair.
         crop_pct: the center-crop fraction; the shorter side is first resized
             to ``int(image_size / crop_pct)``.
+        mean, std: the per-channel normalisation of 0..1 pixels (ImageNet's by default).
 
     Returns:
         A ``float32`` NumPy array of shape ``(height, width, 3)``, normalised
@@ -109,7 +110,7 @@ def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT):
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ValueError(f"cannot preprocess an empty image of size {img.size}")
-    new_w, new_h = _resize_size(width, height, (crop_h, crop_w), crop_pct)
+    new_w, new_h = resize_size(width, height, (crop_h, crop_w), crop_pct)
     new_w, new_h = max(new_w, 1), max(new_h, 1)
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.BICUBIC)
@@ -119,11 +120,11 @@ def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT):
     left = int(round((new_w - crop_w) / 2.0))
     img = img.crop((left, top, left + crop_w, top + crop_h))
     x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return x.astype(np.float32, copy=False)
 
 
-def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT):
+def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Open an image file and apply :func:`eval_transform`.
 
     Raises:
@@ -133,7 +134,7 @@ def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT):
         with open(path, "rb") as f:
             with Image.open(f) as img:
                 img.load()
-                return eval_transform(img, image_size=image_size, crop_pct=crop_pct)
+                return eval_transform(img, image_size=image_size, crop_pct=crop_pct, mean=mean, std=std)
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
         raise ValueError(f"Cannot read image file {path!s}: {e}") from e
 

@@ -333,6 +333,9 @@ class TokensToToken(keras.layers.Layer):
 
     ``stages`` lists one ``(kernel, stride, padding)`` per soft split; a T2T
     layer (``attention1``, ``attention2``, ...) sits between consecutive splits.
+    With ``return_stages`` the layer returns a list: each T2T layer's output
+    tokens (on the grid of the soft split before it, finest first), then the
+    projected tokens; ``keras_t2t.T2TViTBackbone`` reads its feature pyramid there.
     """
 
     def __init__(
@@ -342,6 +345,7 @@ class TokensToToken(keras.layers.Layer):
         embed_dim=768,
         stages=DEFAULT_T2T_STAGES,
         dropout=None,
+        return_stages=False,
         **kwargs,
     ):
         # The images reach the first soft split unrounded (see ``first_stage_dtype``).
@@ -355,6 +359,7 @@ class TokensToToken(keras.layers.Layer):
         self.embed_dim = int(embed_dim)
         self.stages = tuple(tuple(int(v) for v in stage) for stage in stages)
         self.dropout = DEFAULT_T2T_DROPOUT[t2t_type] if dropout is None else float(dropout)
+        self.return_stages = bool(return_stages)
 
         policy = self.dtype_policy
         first = first_stage_dtype(policy)
@@ -398,17 +403,25 @@ class TokensToToken(keras.layers.Layer):
         ]
 
     def compute_output_shape(self, input_shape):
-        gh, gw = self.stage_grids(input_shape[1], input_shape[2])[-1]
-        return (input_shape[0], gh * gw, self.embed_dim)
+        grids = self.stage_grids(input_shape[1], input_shape[2])
+        gh, gw = grids[-1]
+        tokens = (input_shape[0], gh * gw, self.embed_dim)
+        if not self.return_stages:
+            return tokens
+        return [(input_shape[0], h * w, self.token_dim) for h, w in grids[: len(self.attentions)]] + [tokens]
 
     def call(self, images, training=None):
         # The paper's T2T process, T' = MLP(MSA(T)); I = Reshape(T'); T = SoftSplit(I):
         x = self.soft_splits[0](images)
+        stages = []
         for attention, restructurize, soft_split in zip(
             self.attentions, self.restructurizations, self.soft_splits[1:], strict=True
         ):
-            x = soft_split(restructurize(attention(x, training=training)))
-        return self.project(x)
+            x = attention(x, training=training)
+            stages.append(x)
+            x = soft_split(restructurize(x))
+        x = self.project(x)
+        return stages + [x] if self.return_stages else x
 
     def get_config(self):
         config = super().get_config()
@@ -419,4 +432,6 @@ class TokensToToken(keras.layers.Layer):
             stages=[list(s) for s in self.stages],
             dropout=self.dropout,
         )
+        if self.return_stages:  # configs saved before the keyword existed stay as they were
+            config["return_stages"] = True
         return config

@@ -63,8 +63,12 @@ def validate_t2t_arguments(
     return input_shape, token_dim, t2t_stages, embed_dim, num_heads, classes, grid
 
 
-def t2t_stem(input_shape, t2t_type, token_dim, t2t_stages, embed_dim, t2t_dropout, drop_rate, dtype):
-    """Images -> T2T module -> class token -> position table -> dropout: (inputs, tokens)."""
+def t2t_stem(input_shape, t2t_type, token_dim, t2t_stages, embed_dim, t2t_dropout, drop_rate, dtype,
+             return_stages=False):
+    """Images -> T2T module -> class token -> position table -> dropout: (inputs, tokens).
+
+    With ``return_stages``: (inputs, tokens, the T2T layers' output tokens), for a feature pyramid.
+    """
     inputs = keras.Input(shape=input_shape, name="images")
     x = t2t_layers.TokensToToken(
         t2t_type=t2t_type,
@@ -72,13 +76,17 @@ def t2t_stem(input_shape, t2t_type, token_dim, t2t_stages, embed_dim, t2t_dropou
         embed_dim=embed_dim,
         stages=t2t_stages,
         dropout=t2t_dropout,
+        return_stages=return_stages,
         name="tokens_to_token",
         dtype=dtype,
     )(inputs)
+    stages = []
+    if return_stages:
+        *stages, x = x
     x = t2t_layers.ClassToken(name="cls_token", dtype=dtype)(x)
     x = t2t_layers.SinusoidPositionEmbedding(name="pos_embed", dtype=dtype)(x)
     x = keras.layers.Dropout(drop_rate, name="pos_drop", dtype=dtype)(x)
-    return inputs, x
+    return (inputs, x, stages) if return_stages else (inputs, x)
 
 
 def token_labeling_scores(classes, dtype):
@@ -174,7 +182,7 @@ class T2TViT(ClassifierModel):
         depth = positive_int("depth", depth)
 
         def check(embed_dim, num_heads):
-            _validate_block_type(block_type, embed_dim, mlp_ratio)
+            validate_block_type(block_type, embed_dim, mlp_ratio)
 
         def backbone(x, embed_dim, num_heads):
             block_class = t2t_layers.TransformerBlock if block_type == "standard" else STUDY_BLOCKS[block_type]
@@ -244,7 +252,7 @@ class T2TViT(ClassifierModel):
         return self._features(block_indices, include_t2t, name)
 
 
-def _validate_block_type(block_type, embed_dim, mlp_ratio):
+def validate_block_type(block_type, embed_dim, mlp_ratio):
     if block_type == "dense":
         raise ValueError(
             "block_type 'dense' changes the topology (widths grow, transitions halve them); build it with "
@@ -286,6 +294,39 @@ def validate_dense_stages(dense_stages):
             f"(3, 6, 6, 4)); got {dense_stages!r}."
         )
     return tuple(int(n) for n in stages)
+
+
+def check_dense_layout(embed_dim, num_heads, dense_stages, growth_rate):
+    """(stages, growth_rate, final width) of a dense backbone, or a ValueError naming a block width
+    that ``num_heads`` does not divide."""
+    stages = validate_dense_stages(dense_stages)
+    growth = positive_int("growth_rate", growth_rate)
+    widths, final_width = dense_widths(embed_dim, stages, growth)
+    for stage, stage_widths in enumerate(widths):
+        for width in stage_widths:
+            if width % num_heads or width < 1:
+                raise ValueError(
+                    f"A dense block of stage {stage} has width {width}, which num_heads={num_heads} does "
+                    f"not divide (embed_dim {embed_dim}, growth_rate {growth_rate}, dense_stages "
+                    f"{list(dense_stages)}); pick widths that are multiples of num_heads."
+                )
+    return stages, growth, final_width
+
+
+def dense_blocks(x, dense_stages, growth_rate, drop_path_rate, block_kwargs):
+    """The dense study's backbone: ``DenseBlock``s and, between stages, ``DenseTransition``s, named
+    ``blocks_{k}`` with ``k`` counting both (the authors' keys); the reference's stage-wise drop path."""
+    stage_rates = np.linspace(0.0, float(drop_path_rate), max(DENSE_DROP_PATH_STEPS, len(dense_stages)))
+    index = 0
+    for stage, blocks in enumerate(dense_stages):
+        for _ in range(blocks):
+            x = DenseBlock(growth_rate=growth_rate, drop_path=float(stage_rates[stage]), name=f"blocks_{index}",
+                           **block_kwargs)(x)
+            index += 1
+        if stage < len(dense_stages) - 1:
+            x = DenseTransition(name=f"blocks_{index}", dtype=block_kwargs.get("dtype"))(x)
+            index += 1
+    return x
 
 
 def dense_widths(embed_dim, dense_stages, growth_rate):
@@ -342,33 +383,13 @@ class T2TViTDense(T2TViT):
         layout = {}
 
         def check(embed_dim, num_heads):
-            layout["stages"] = validate_dense_stages(dense_stages)
-            layout["growth"] = positive_int("growth_rate", growth_rate)
-            widths, layout["final_width"] = dense_widths(embed_dim, layout["stages"], layout["growth"])
-            for stage, stage_widths in enumerate(widths):
-                for width in stage_widths:
-                    if width % num_heads or width < 1:
-                        raise ValueError(
-                            f"A dense block of stage {stage} has width {width}, which num_heads={num_heads} does "
-                            f"not divide (embed_dim {embed_dim}, growth_rate {growth_rate}, dense_stages "
-                            f"{list(dense_stages)}); pick widths that are multiples of num_heads."
-                        )
+            layout["stages"], layout["growth"], layout["final_width"] = check_dense_layout(
+                embed_dim, num_heads, dense_stages, growth_rate)
 
         def backbone(x, embed_dim, num_heads):
-            stages = layout["stages"]
             shared = block_arguments(num_heads, mlp_ratio, args["qkv_bias"], args["qk_scale"], args["drop_rate"],
                                      args["attn_drop_rate"], dtype)
-            stage_rates = np.linspace(0.0, float(args["drop_path_rate"]), max(DENSE_DROP_PATH_STEPS, len(stages)))
-            index = 0
-            for stage, blocks in enumerate(stages):
-                for _ in range(blocks):
-                    x = DenseBlock(growth_rate=layout["growth"], drop_path=float(stage_rates[stage]),
-                                   name=f"blocks_{index}", **shared)(x)
-                    index += 1
-                if stage < len(stages) - 1:
-                    x = DenseTransition(name=f"blocks_{index}", dtype=dtype)(x)
-                    index += 1
-            return x
+            return dense_blocks(x, layout["stages"], layout["growth"], args["drop_path_rate"], shared)
 
         self._assemble(args, check, backbone, name, dtype, kwargs)
         self.dense_stages = layout["stages"]

@@ -28,6 +28,7 @@ from keras_t2t.training import resume
 from keras_t2t.training.distribute import make_train_input, setup_distribution, shard_validation
 from keras_t2t.training.optimizers import build_optimizer, build_schedule
 from keras_t2t.builders import create_model, list_models
+from keras_t2t.hub.presets import save_preset
 from keras_t2t.io_utils import check_output_folder, write_json_atomic
 from keras_t2t.models.presets import get_preset
 from keras_t2t.weights import load_any_weights
@@ -321,6 +322,7 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
     if distribution.is_chief:
         if not eval_only:
             exporter.save_model(model, os.path.join(output_dir, "model.keras"))
+            _save_run_preset(exporter.twin, output_dir, recipe, summary, verbose)
         # An evaluation in a training run's folder does not replace that run's summary.
         name = "eval_summary.json" if eval_only and resume.read_state(output_dir) else "summary.json"
         write_json_atomic(os.path.join(output_dir, name), summary)
@@ -345,3 +347,14 @@ def main_guard(function):
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _save_run_preset(model, output_dir, recipe, summary, verbose):
+    """``output_dir/preset``: the trained model as a KerasHub preset with the run's evaluation
+    preprocessing (the recipe's image size and ``eval_crop_pct``), its classes and its top-1."""
+    if getattr(model, "t2t_type", None) is None:
+        _print(verbose, f"{recipe.model} has no KerasHub class in keras_t2t; no preset folder is written.")
+        return
+    metadata = {key: summary[key] for key in ("val_top1", "dataset", "class_names", "model", "epochs")}
+    save_preset(model, os.path.join(output_dir, "preset"), preprocessing=(recipe.image_size, recipe.eval_crop_pct),
+                metadata=metadata)

@@ -1,9 +1,9 @@
 """The authors' released weights by tag: fetched once, checked, converted once, cached.
 
-``keras_t2t.t2t_vit_14(weights="imagenet")`` comes here. The registry
-(``keras_t2t.models.presets``) names the release file of each (model, tag).
-``converted_weights`` gives the path of its Keras conversion in the cache,
-``$KERAS_HOME/keras_t2t`` (``~/.keras/keras_t2t``), making it when needed:
+``keras_t2t.t2t_vit_14(weights="imagenet")`` and the presets come here. The
+registry (``keras_t2t.models.presets``) names the release file of each (model,
+tag). ``checked_checkpoint`` gives it from the cache, ``$KERAS_HOME/keras_t2t``
+(``~/.keras/keras_t2t``), fetching it when needed:
 
 1. the file is downloaded with ``keras.utils.get_file`` (its progress bar) from
    the authors' release page, or from ``KERAS_T2T_WEIGHTS_URL`` (a mirror: an
@@ -16,8 +16,9 @@
 3. its SHA-256 is recorded in ``index.json`` beside it, and checked whenever the
    cached file is used again: a file that no longer matches is fetched again,
    never trusted (and a new download must match the first one's SHA-256);
-4. it is converted once into ``<file>.<model>.weights.h5`` (recorded and checked
-   the same way), which later calls load without reading the PyTorch file.
+4. ``keras_t2t.hub.presets`` converts it once into the preset folder
+   ``presets/<model>_<tag>/`` (``preset_cache_folder``), which later loads read
+   through Keras without the PyTorch file.
 
 Every file is written under a temporary name and renamed into place
 (``keras_t2t.io_utils``): a failure leaves nothing, a kill no partial file
@@ -42,9 +43,8 @@ from keras_t2t.io_utils import (
     write_json_atomic,
 )
 from keras_t2t.models.presets import RELEASES_URL, WEIGHT_TAGS, get_preset, list_weights
-from keras_t2t.models.t2t_vit import T2TViT
 from keras_t2t.weights.detect import checkpoint_image_size, detect_variant
-from keras_t2t.weights.loading import load_state_dict, read_state_dict
+from keras_t2t.weights.loading import read_state_dict
 
 __all__ = [
     "CACHE_SUBDIR",
@@ -53,11 +53,11 @@ __all__ = [
     "WeightsFetchError",
     "build_arguments",
     "cache_dir",
+    "checked_checkpoint",
     "check_cache_dir",
-    "converted_name",
-    "converted_weights",
     "fetch_checkpoint",
     "forget",
+    "preset_cache_folder",
     "is_weights_tag",
     "read_index",
     "release_for",
@@ -70,6 +70,7 @@ __all__ = [
 URL_SETTING = "KERAS_T2T_WEIGHTS_URL"
 CACHE_SUBDIR = "keras_t2t"
 INDEX_NAME = "index.json"
+PRESETS_SUBDIR = "presets"
 
 
 class WeightsFetchError(RuntimeError):
@@ -150,11 +151,6 @@ def cache_dir():
     """The weights cache, ``$KERAS_HOME/keras_t2t`` (``~/.keras/keras_t2t`` without KERAS_HOME), read when called."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(os.path.abspath(os.path.expanduser(home)), CACHE_SUBDIR)
-
-
-def converted_name(model_name, release):
-    """The file name of ``release``'s Keras conversion in the cache."""
-    return f"{release.file}.{model_name}.weights.h5"
 
 
 def sha256_of(path):
@@ -303,50 +299,30 @@ def fetch_checkpoint(model_name, tag):
     return _checkpoint(model_name, release_for(model_name, tag))[0]
 
 
-def converted_weights(model_name, tag):
-    """The cached ``.weights.h5`` of ``model_name``'s ``tag`` weights, fetched and converted when needed.
-
-    A model built with ``build_arguments(model_name, tag)`` loads it as saved.
-    """
+def checked_checkpoint(model_name, tag):
+    """``(path, state dict)`` of ``model_name``'s ``tag`` release file: fetched when needed, and always
+    checked to be that release (its model, class count and image size) before its state is returned."""
     release = release_for(model_name, tag)
-    folder = cache_dir()
-    name = converted_name(model_name, release)
-    path = _verified(folder, name, "converting")
-    if path is not None:
-        return path
     checkpoint, state = _checkpoint(model_name, release)
     if state is None:  # a verified cached file: checked again all the same (it is cheap next to the read)
         problem, state = _problem_with(checkpoint, model_name, release)
         if problem:
             remove_path(checkpoint)
             raise _fetch_error(model_name, release, checkpoint, problem)
-    preset = get_preset(model_name)
-    if preset.family != "t2t_vit":
-        raise ValueError(f"{model_name}: releases are T2T-ViT checkpoints; the registry row builds a {preset.family}.")
-    input_shape, classes = build_arguments(model_name, tag)
-    # Token Labeling's checkpoint keeps its second head (keras_t2t.T2TViT's token_labeling_head).
-    extra = {"token_labeling_head": True} if "aux_head.weight" in state else {}
-    model = T2TViT(input_shape=input_shape, classes=classes, name=model_name, **extra, **preset.config)
-    load_state_dict(model, state)
-    final = os.path.join(folder, name)
-    temp = atomic_temp_file_like(final, ".weights.h5")
-    try:
-        model.save_weights(temp)
-        digest, size = sha256_of(temp), os.path.getsize(temp)
-        install_atomic(temp, final)
-    finally:
-        remove_path(temp)
-    _update_index(folder, {name: {"sha256": digest, "bytes": size, "source": release.file}})
-    return final
+    return checkpoint, state
+
+
+def preset_cache_folder(model_name, tag):
+    """Where ``model_name``'s ``tag`` release is kept as a KerasHub preset (``keras_t2t.hub.presets``)."""
+    return os.path.join(cache_dir(), PRESETS_SUBDIR, f"{model_name}_{release_for(model_name, tag).tag}")
 
 
 def forget(model_name, tag):
-    """Deletes ``model_name``'s ``tag`` release file, its conversions and their records from the cache."""
+    """Deletes ``model_name``'s ``tag`` release file, its preset folder and their records from the cache."""
     release = release_for(model_name, tag)
     folder = cache_dir()
-    names = [release.file, converted_name(model_name, release)]
-    for name in names:
-        remove_path(os.path.join(folder, name))
+    remove_path(os.path.join(folder, release.file))
+    remove_path(preset_cache_folder(model_name, tag))
     if os.path.isdir(folder):
-        _update_index(folder, drop=names)
-    return names
+        _update_index(folder, drop=[release.file])
+    return [release.file, os.path.relpath(preset_cache_folder(model_name, tag), folder)]

@@ -1,35 +1,28 @@
 """Safe reader for PyTorch checkpoint files (``*.pth``, ``*.pth.tar``).
 
-This module reads what ``torch.save`` writes **without torch installed** and
-**without running any code from the file**.  Both container layouts are
-understood:
+Reads what ``torch.save`` writes **without torch installed** and **without
+running any code from the file**, in both layouts: the zip format (the default
+since torch 1.6: ``<name>/data.pkl`` holding the pickled object, one
+``<name>/data/<key>`` record per storage, usually ``<name>/byteorder``) and the
+legacy one (``_use_new_zipfile_serialization=False``: pickled magic number,
+protocol version and system-info dict, the object, the list of storage keys,
+then each storage's raw bytes).
 
-* the zip format (the default since torch 1.6): an archive holding
-  ``<name>/data.pkl`` (the pickled object), one ``<name>/data/<key>`` record per
-  storage, and usually ``<name>/byteorder``;
-* the legacy format (``_use_new_zipfile_serialization=False``): a pickled magic
-  number, protocol version and system-info dict, then the pickled object, then
-  the pickled list of storage keys, each followed by its raw bytes.
-
-The object pickle is read by a :class:`pickle.Unpickler` subclass whose
-``find_class`` only resolves the globals listed in :data:`ALLOWED_GLOBALS`, and
-maps every one of them to a harmless replacement defined here (no torch, numpy
-or argparse function is ever called through the pickle).  Tensors come back as
-``numpy.ndarray`` (``bfloat16`` as ``float32``), ``OrderedDict`` as ``dict``,
-``torch.Size`` as ``tuple``, ``argparse.Namespace`` as
-:class:`CheckpointNamespace`, ``torch.dtype``/``torch.device`` as strings.
+The object pickle is read by a :class:`pickle.Unpickler` whose ``find_class``
+resolves only :data:`ALLOWED_GLOBALS`, each to a harmless replacement defined
+here (no torch, numpy or argparse function is ever called through the pickle).
+Tensors come back as ``numpy.ndarray`` (``bfloat16`` as ``float32``),
+``OrderedDict`` as ``dict``, ``torch.Size`` as ``tuple``, ``argparse.Namespace``
+as :class:`CheckpointNamespace`, ``torch.dtype``/``torch.device`` as strings.
 Anything else is refused with :class:`CheckpointError`.
 
-Sizes are checked before anything is inflated: every zip record's declared size
-against what the pickle declares of it, the pickle against ``MAX_PICKLE_BYTES``
-and the tensors' total against ``MAX_CHECKPOINT_BYTES`` (a ceiling tied to the
-largest model), so a small file claiming gigabytes (a deflate bomb) is refused
-while it is still small.
+Sizes are checked before anything is inflated (every zip record against what
+the pickle declares of it, the pickle against ``MAX_PICKLE_BYTES``, the tensors'
+total against ``MAX_CHECKPOINT_BYTES``), so a small file claiming gigabytes (a
+deflate bomb) is refused while it is still small.
 
-Public API: :class:`CheckpointError`, :func:`read_checkpoint`,
-:func:`extract_state_dict`, :func:`load_state_dict_file`, and
-:func:`normalize_state_dict` (the one place DataParallel's ``module.`` prefix
-is taken off).
+Public API: :func:`read_checkpoint`, :func:`extract_state_dict`,
+:func:`load_state_dict_file`, :func:`normalize_state_dict` and :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -99,9 +92,7 @@ class CheckpointNamespace(types.SimpleNamespace):
     """What a pickled ``argparse.Namespace`` becomes (``vars(ns)`` gives a dict)."""
 
 
-# ---------------------------------------------------------------------------
-# dtypes
-# ---------------------------------------------------------------------------
+# -- dtypes -------------------------------------------------------------------
 
 # torch dtype name -> (raw numpy dtype code as stored, itemsize).  The raw code
 # is read with the file's byte order; "bf16" is read as uint16 and widened to
@@ -140,26 +131,8 @@ _TORCH_DTYPE_ALIASES.update({name: name for name in _DTYPE_SPECS})
 # Real torch dtypes with no numpy counterpart: they may be named in a file, but
 # a tensor of such a dtype cannot be converted.
 _UNSUPPORTED_DTYPES = frozenset(
-    {
-        "float8_e5m2",
-        "float8_e4m3fn",
-        "float8_e5m2fnuz",
-        "float8_e4m3fnuz",
-        "float8_e8m0fnu",
-        "float4_e2m1fn_x2",
-        "complex32",
-        "chalf",
-        "qint8",
-        "qint32",
-        "quint8",
-        "quint4x2",
-        "quint2x4",
-        "bits1x8",
-        "bits2x4",
-        "bits4x2",
-        "bits8",
-        "bits16",
-    }
+    "float8_e5m2 float8_e4m3fn float8_e5m2fnuz float8_e4m3fnuz float8_e8m0fnu float4_e2m1fn_x2 "
+    "complex32 chalf qint8 qint32 quint8 quint4x2 quint2x4 bits1x8 bits2x4 bits4x2 bits8 bits16".split()
 )
 
 # Legacy typed storage class -> dtype of its elements.
@@ -223,11 +196,22 @@ _STORAGE_MARKERS = {n: _Marker("storage", f"torch.{n}", d) for n, d in _STORAGE_
 _UNTYPED_STORAGE = _Marker("storage", "torch.UntypedStorage", None)
 _TENSOR_TYPE = _Marker("type", "torch.Tensor")
 _PARAMETER_TYPE = _Marker("type", "torch.nn.Parameter")
+# The globals that are only tags: the same immutable objects in every load.
+_MARKER_GLOBALS = {
+    **{(m, "Tensor"): _TENSOR_TYPE for m in ("torch", "torch._tensor")},
+    **{(m, "Parameter"): _PARAMETER_TYPE for m in ("torch.nn.parameter", "torch.nn")},
+    **{(m, "UntypedStorage"): _UNTYPED_STORAGE for m in ("torch", "torch.storage")},
+    **{(m, n): marker for n, marker in _STORAGE_MARKERS.items() for m in ("torch", "torch.cuda")},
+    **{("torch", n): marker for n, marker in _DTYPE_MARKERS.items()},
+}
+# The torch._utils functions that rebuild a tensor: the only ones ``_rebuild_from_type`` may call.
+_TENSOR_BUILDERS = (
+    "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3",
+    "_rebuild_parameter", "_rebuild_parameter_with_state",
+)
 
 
-# ---------------------------------------------------------------------------
-# Placeholders built while unpickling, turned into numpy afterwards
-# ---------------------------------------------------------------------------
+# -- Placeholders built while unpickling, turned into numpy afterwards --------
 
 
 class _StorageRoot:
@@ -247,22 +231,18 @@ class _StorageRoot:
         raise CheckpointError("unexpected state applied to a storage")
 
 
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class _StorageRef:
     """A storage as seen by the pickle: a root plus a byte window into it."""
 
-    __slots__ = ("root", "byte_offset", "nbytes", "dtype", "untyped")
-
-    def __init__(self, root, byte_offset, nbytes, dtype, untyped):
-        self.root = root
-        self.byte_offset = byte_offset
-        self.nbytes = nbytes
-        self.dtype = dtype
-        self.untyped = untyped
+    root: _StorageRoot
+    byte_offset: int
+    nbytes: int
+    dtype: str
+    untyped: bool
 
     __hash__ = None
-
-    def __setstate__(self, state):
-        raise CheckpointError("unexpected state applied to a storage")
+    __setstate__ = _StorageRoot.__setstate__
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -292,11 +272,7 @@ class _NumpyDType:
     __hash__ = None
 
     def __setstate__(self, state):
-        if (
-            not isinstance(state, tuple)
-            or len(state) < 2
-            or state[1] not in ("<", ">", "|", "=")
-        ):
+        if not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "="):
             raise CheckpointError("unexpected state for a numpy dtype")
         self.order = "<" if state[1] in ("|", "=") else state[1]
 
@@ -317,20 +293,22 @@ class _Callable(_ReadOnly):
         return self._name
 
 
+def _widen(arr, dtype):
+    """``arr`` as read from storage, with bfloat16 (read as uint16) made float32 and bool (read as uint8) bool."""
+    if dtype == "bfloat16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr != 0 if dtype == "bool" else arr
+
+
 def _int_tuple(value, what):
     if not isinstance(value, (tuple, list)):
         raise CheckpointError(f"tensor {what} must be a tuple of ints, got {type(value).__name__}")
-    out = []
-    for v in value:
-        if type(v) is not int or v < 0:
-            raise CheckpointError(f"tensor {what} must hold non-negative ints, got {value!r}")
-        out.append(v)
-    return tuple(out)
+    if not all(type(v) is int and v >= 0 for v in value):
+        raise CheckpointError(f"tensor {what} must hold non-negative ints, got {value!r}")
+    return tuple(value)
 
 
-# ---------------------------------------------------------------------------
-# The restricted unpickler
-# ---------------------------------------------------------------------------
+# -- The restricted unpickler -------------------------------------------------
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -343,51 +321,23 @@ class _SafeUnpickler(pickle.Unpickler):
         self._ns_class = type("Namespace", (CheckpointNamespace,), {"__setstate__": _namespace_setstate})
         funcs = {
             ("collections", "OrderedDict"): collections.OrderedDict,
-            ("builtins", "set"): set,
-            ("builtins", "frozenset"): frozenset,
-            ("builtins", "slice"): slice,
-            ("builtins", "complex"): complex,
+            **{("builtins", t.__name__): t for t in (set, frozenset, slice, complex)},
             ("_codecs", "encode"): self._codecs_encode,
-            ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
-            ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
-            ("torch._utils", "_rebuild_tensor_v3"): self._rebuild_tensor_v3,
-            ("torch._utils", "_rebuild_parameter"): self._rebuild_parameter,
-            ("torch._utils", "_rebuild_parameter_with_state"): self._rebuild_parameter_with_state,
+            **{("torch._utils", n): getattr(self, n) for n in _TENSOR_BUILDERS},
             ("torch._tensor", "_rebuild_from_type"): self._rebuild_from_type,
             ("torch._tensor", "_rebuild_from_type_v2"): self._rebuild_from_type,
             ("torch._utils", "_rebuild_from_type_v2"): self._rebuild_from_type,
             ("torch", "Size"): self._size,
             ("torch", "device"): self._device,
-            ("torch", "Tensor"): _TENSOR_TYPE,
-            ("torch._tensor", "Tensor"): _TENSOR_TYPE,
-            ("torch.nn.parameter", "Parameter"): _PARAMETER_TYPE,
-            ("torch.nn", "Parameter"): _PARAMETER_TYPE,
-            ("torch", "UntypedStorage"): _UNTYPED_STORAGE,
-            ("torch.storage", "UntypedStorage"): _UNTYPED_STORAGE,
             ("argparse", "Namespace"): self._ns_class,
             ("numpy", "dtype"): self._np_dtype,
-            ("numpy.core.multiarray", "scalar"): self._np_scalar,
-            ("numpy._core.multiarray", "scalar"): self._np_scalar,
+            **{(m, "scalar"): self._np_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
         }
-        for key, value in list(funcs.items()):
-            if not isinstance(value, (type, _Marker)):
-                funcs[key] = _Callable(value, f"{key[0]}.{key[1]}")
-        self._tensor_builders = tuple(
-            funcs[("torch._utils", n)]
-            for n in (
-                "_rebuild_tensor",
-                "_rebuild_tensor_v2",
-                "_rebuild_tensor_v3",
-                "_rebuild_parameter",
-                "_rebuild_parameter_with_state",
-            )
-        )
-        for name, marker in _STORAGE_MARKERS.items():
-            funcs[("torch", name)] = marker
-            funcs[("torch.cuda", name)] = marker
-        for name, marker in _DTYPE_MARKERS.items():
-            funcs[("torch", name)] = marker
-        self._globals = funcs
+        self._globals = {
+            key: value if isinstance(value, type) else _Callable(value, f"{key[0]}.{key[1]}")
+            for key, value in funcs.items()
+        } | _MARKER_GLOBALS
+        self._tensor_builders = tuple(self._globals[("torch._utils", n)] for n in _TENSOR_BUILDERS)
 
     # -- pickle hooks -------------------------------------------------------
 
@@ -401,14 +351,12 @@ class _SafeUnpickler(pickle.Unpickler):
         found = self._globals.get((module, name))
         if found is not None:
             return found
-        shown = f"{module}.{name}"
+        shown = f"{module}.{name}'"
         py3 = _compat_pickle.NAME_MAPPING.get((module, name))
         if py3 is None and module in _compat_pickle.IMPORT_MAPPING:
             py3 = (_compat_pickle.IMPORT_MAPPING[module], name)
         if py3 is not None:
-            shown += f"' (Python 3 name '{py3[0]}.{py3[1]}')"
-        else:
-            shown += "'"
+            shown += f" (Python 3 name '{py3[0]}.{py3[1]}')"
         raise CheckpointError(
             f"{self._reader.path}: refusing to load forbidden global '{shown} "
             f"(nothing from the file was executed); {_ACCEPTED}"
@@ -483,10 +431,9 @@ class _SafeUnpickler(pickle.Unpickler):
         return self._rebuild_parameter(data)
 
     def _rebuild_from_type(self, func, new_type, args, state=None):
-        if not any(func is f for f in self._tensor_builders) or new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE) or not isinstance(args, tuple):
-            raise CheckpointError(
-                f"{self._reader.path}: tensor subclass {new_type!r} is not supported; {_ACCEPTED}"
-            )
+        builder = any(func is f for f in self._tensor_builders)
+        if not builder or new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE) or not isinstance(args, tuple):
+            raise CheckpointError(f"{self._reader.path}: tensor subclass {new_type!r} is not supported; {_ACCEPTED}")
         return func(*args)
 
     @staticmethod
@@ -515,9 +462,7 @@ def _namespace_setstate(self, state):
     self.__dict__.update(state)
 
 
-# ---------------------------------------------------------------------------
-# Container readers
-# ---------------------------------------------------------------------------
+# -- Container readers --------------------------------------------------------
 
 
 class _Reader:
@@ -534,15 +479,11 @@ class _Reader:
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
             raise CheckpointError(f"{self.path}: unsupported persistent id {pid!r:.80}; {_ACCEPTED}")
-        if self.legacy:
-            if len(pid) != 6:
-                raise CheckpointError(f"{self.path}: malformed storage reference {pid!r:.80}")
-            _, stype, key, location, numel, view_metadata = pid
-        else:
-            if len(pid) != 5:
-                raise CheckpointError(f"{self.path}: malformed storage reference {pid!r:.80}")
-            _, stype, key, location, numel = pid
-            view_metadata = None
+        # The legacy format adds a sixth field: the view (or None) of the storage.
+        if len(pid) != (6 if self.legacy else 5):
+            raise CheckpointError(f"{self.path}: malformed storage reference {pid!r:.80}")
+        _, stype, key, location, numel, *view = pid
+        view_metadata = view[0] if view else None
         if type(stype) is not _Marker or stype.kind != "storage":
             raise CheckpointError(f"{self.path}: unknown storage type {stype!r:.80}; {_ACCEPTED}")
         if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
@@ -555,27 +496,20 @@ class _Reader:
         elif root.dtype != dtype or root.numel != numel:
             raise CheckpointError(f"{self.path}: storage '{key}' is referenced with different types or sizes")
         if view_metadata is None:
-            ref = self.views.get(("", key))
-            if ref is None:
-                ref = self.views[("", key)] = _StorageRef(root, 0, root.nbytes, dtype, untyped)
-            return ref
-        # Old torch: a storage that is a slice of another (view_key, offset, size).
-        if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
-            raise CheckpointError(f"{self.path}: malformed storage view {view_metadata!r:.80}")
-        view_key, offset, view_size = view_metadata
-        if (
-            not isinstance(view_key, str)
-            or type(offset) is not int
-            or type(view_size) is not int
-            or offset < 0
-            or view_size < 0
-            or offset + view_size > numel
-        ):
-            raise CheckpointError(f"{self.path}: storage view {view_metadata!r:.80} lies outside its storage")
-        ref = self.views.get(("view", view_key))
+            cache_key, offset, view_size = ("", key), 0, numel
+        else:
+            # Old torch: a storage that is a slice of another (view_key, offset, size).
+            if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
+                raise CheckpointError(f"{self.path}: malformed storage view {view_metadata!r:.80}")
+            view_key, offset, view_size = view_metadata
+            ints = type(offset) is int and type(view_size) is int
+            if not isinstance(view_key, str) or not ints or not 0 <= offset <= offset + view_size <= numel:
+                raise CheckpointError(f"{self.path}: storage view {view_metadata!r:.80} lies outside its storage")
+            cache_key = ("view", view_key)
+        ref = self.views.get(cache_key)
         if ref is None:
             item = _DTYPE_SPECS[dtype][1]
-            ref = self.views[("view", view_key)] = _StorageRef(root, offset * item, view_size * item, dtype, untyped)
+            ref = self.views[cache_key] = _StorageRef(root, offset * item, view_size * item, dtype, untyped)
         return ref
 
     def check_total(self):
@@ -599,19 +533,21 @@ class _Reader:
 
     # tensors ---------------------------------------------------------------
 
+    def elements(self, storage, dtype):
+        """The elements of a storage window read as ``dtype`` in the file's byte order (uncopied)."""
+        code, item = _DTYPE_SPECS[dtype]
+        raw_dtype = np.dtype((">" if self.big_endian else "<") + code)
+        data = self.storage_bytes(storage.root)
+        return np.frombuffer(data, dtype=raw_dtype, count=storage.nbytes // item, offset=storage.byte_offset)
+
     def materialize(self, ref):
-        spec = _DTYPE_SPECS.get(ref.dtype)
-        if spec is None:
+        if ref.dtype not in _DTYPE_SPECS:
             raise CheckpointError(
                 f"{self.path}: tensors of dtype torch.{ref.dtype} cannot be converted to numpy; {_ACCEPTED}"
             )
-        code, item = spec
         storage = ref.storage
-        data = self.storage_bytes(storage.root)
-        order = ">" if self.big_endian else "<"
-        raw_dtype = np.dtype(order + code)
-        count = storage.nbytes // item
-        base = np.frombuffer(data, dtype=raw_dtype, count=count, offset=storage.byte_offset)
+        base = self.elements(storage, ref.dtype)
+        raw_dtype, item, count = base.dtype, base.itemsize, base.size
         size, stride, offset = ref.size, ref.stride, ref.offset
         numel = math.prod(size)
         native = raw_dtype.newbyteorder("=")
@@ -631,10 +567,7 @@ class _Reader:
                 arr = view.astype(native, order="C")  # an independent, writable copy
             else:
                 arr = view  # an expanded (stride-0) view: keep it read-only, uncopied
-        if ref.dtype == "bfloat16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        elif ref.dtype == "bool":
-            arr = arr != 0
+        arr = _widen(arr, ref.dtype)
         if ref.metadata.get("neg"):
             arr = -arr
         if ref.metadata.get("conj"):
@@ -645,16 +578,8 @@ class _Reader:
         return arr
 
     def storage_array(self, ref):
-        code, item = _DTYPE_SPECS[ref.dtype]
-        data = self.storage_bytes(ref.root)
-        raw = np.frombuffer(data, dtype=np.dtype((">" if self.big_endian else "<") + code),
-                            count=ref.nbytes // item, offset=ref.byte_offset)
-        arr = raw.astype(raw.dtype.newbyteorder("="))
-        if ref.dtype == "bfloat16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        elif ref.dtype == "bool":
-            arr = arr != 0
-        return arr
+        raw = self.elements(ref, ref.dtype)
+        return _widen(raw.astype(raw.dtype.newbyteorder("=")), ref.dtype)
 
     # post-pass -------------------------------------------------------------
 
@@ -723,7 +648,6 @@ class _ZipReader(_Reader):
         if len(prefixes) > 1:
             raise CheckpointError(f"{path}: zip archive holds several checkpoints ({', '.join(prefixes)})")
         self.prefix = prefixes[0]
-        names = set(names)
         order_name = f"{self.prefix}/byteorder"
         if order_name in names:
             order = self.read_record(order_name, _MAX_BYTEORDER_BYTES, "a byteorder record").strip()
@@ -822,10 +746,8 @@ class _LegacyReader(_Reader):
                     f"{self.path}: raw storage '{key}' has {numel} elements, the checkpoint expects {root.numel}"
                 )
             remaining -= 8
-            if root.nbytes > remaining:
-                raise CheckpointError(f"{self.path}: file is truncated (storage '{key}' is cut short)")
-            data = self.fh.read(root.nbytes)
-            if len(data) != root.nbytes:
+            # Checked against what is left first: a cut file must not make read() allocate the declared size.
+            if root.nbytes > remaining or len(data := self.fh.read(root.nbytes)) != root.nbytes:
                 raise CheckpointError(f"{self.path}: file is truncated (storage '{key}' is cut short)")
             remaining -= root.nbytes
             root.data = data
@@ -835,9 +757,7 @@ class _LegacyReader(_Reader):
         return self.finalize(obj)
 
 
-# ---------------------------------------------------------------------------
-# Public API
-# ---------------------------------------------------------------------------
+# -- Public API ---------------------------------------------------------------
 
 ALLOWED_GLOBALS = frozenset(
     f"{m}.{n}" for (m, n) in _SafeUnpickler(io.BytesIO(b""), _Reader("<none>"), False)._globals
@@ -869,9 +789,7 @@ def read_checkpoint(path, max_bytes=MAX_CHECKPOINT_BYTES):
                 try:
                     zf = zipfile.ZipFile(fh)
                 except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-                    raise CheckpointError(
-                        f"{path}: truncated or corrupt zip checkpoint ({exc}); {_ACCEPTED}"
-                    ) from None
+                    raise CheckpointError(f"{path}: truncated or corrupt zip checkpoint ({exc}); {_ACCEPTED}") from None
                 with zf:
                     return _ZipReader(path, zf, max_bytes).load()
             if head[:1] == b"\x80":
@@ -918,10 +836,9 @@ DATA_PARALLEL_PREFIX = "module."
 def normalize_state_dict(state_dict, where="state dict"):
     """``state_dict`` with DataParallel's ``module.`` prefix taken off its keys, as a new dict.
 
-    The one place the prefix is known: ``extract_state_dict`` applies it to every
-    checkpoint it reads, and ``keras_t2t.detect_variant`` /
-    ``keras_t2t.weights.load_state_dict`` to a state dict handed to them directly.
-    A key that is not a string, or a name present both with and without the
+    The one place the prefix is known: ``extract_state_dict`` applies it to every checkpoint it
+    reads, ``keras_t2t.detect_variant`` / ``keras_t2t.weights.load_state_dict`` to a state dict
+    handed to them. A key that is not a string, or a name present both with and without the
     prefix, is a ``CheckpointError`` naming ``where``.
     """
     out = {}
@@ -940,14 +857,8 @@ def normalize_state_dict(state_dict, where="state dict"):
 def _as_state_dict(mapping, where):
     for key, value in mapping.items():
         if isinstance(key, str) and not isinstance(value, np.ndarray):
-            raise CheckpointError(
-                f"{where}: state dict entry '{key}' is a {type(value).__name__}, not a tensor"
-            )
+            raise CheckpointError(f"{where}: state dict entry '{key}' is a {type(value).__name__}, not a tensor")
     return normalize_state_dict(mapping, where)
-
-
-def _is_flat_state_dict(obj):
-    return bool(obj) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
 
 
 def extract_state_dict(obj, prefer_ema=True, which=None):
@@ -976,7 +887,7 @@ def extract_state_dict(obj, prefer_ema=True, which=None):
     for name in order:
         if isinstance(obj.get(name), Mapping) and obj[name]:
             return _as_state_dict(obj[name], name), name
-    if _is_flat_state_dict(obj):
+    if obj and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()):
         return _as_state_dict(obj, "checkpoint"), "bare"
     raise CheckpointError(
         f"checkpoint has no {_quoted(_SOURCES)} entry and is not a flat "
@@ -998,7 +909,5 @@ def load_state_dict_file(path, prefer_ema=True, which=None, max_bytes=MAX_CHECKP
         raise CheckpointError(f"{os.fspath(path)}: {exc}") from None
     info = {"source_key": source}
     if isinstance(obj, Mapping) and source != "bare":
-        for key in _INFO_KEYS:
-            if key in obj:
-                info[key] = obj[key]
+        info.update({key: obj[key] for key in _INFO_KEYS if key in obj})
     return state_dict, info

@@ -11,13 +11,10 @@ on the same state dict.
 import argparse
 import collections
 import hashlib
-import http.server
 import json
 import os
 import re
 import socket
-import threading
-import urllib.parse
 
 import ml_dtypes
 import numpy as np
@@ -28,7 +25,7 @@ torch = pytest.importorskip("torch")
 
 import keras_t2t  # noqa: E402
 import reference as ref  # noqa: E402
-from helpers import random_images, save_authors_checkpoint  # noqa: E402
+from helpers import Mirror, random_images, save_authors_checkpoint  # noqa: E402
 from keras_t2t.cli import evaluate as evaluate_cli  # noqa: E402
 from keras_t2t.cli import weights as weights_cli  # noqa: E402
 from keras_t2t.weights import model_state_dict, pretrained  # noqa: E402
@@ -80,47 +77,6 @@ def served(tmp_path_factory):
     at64 = ref.make_state_dict(dict(T7_CONFIG, image_size=(64, 64)), 64)
     t7_at_64 = _bytes_of(save_authors_checkpoint(folder / "t7_64.pth.tar", at64, at64, "T2t_vit_7", img_size=64))
     return argparse.Namespace(ema=ema, t7=t7, t7_other=t7_other, t10=t10, t7_at_64=t7_at_64)
-
-
-class Mirror:
-    """A loopback HTTP server: ``files`` (name -> body) are served, ``faults`` (name -> kind) broken."""
-
-    def __init__(self):
-        self.files, self.faults, self.requests = {}, {}, []
-        mirror = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                name = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
-                mirror.requests.append(name)
-                fault = mirror.faults.get(name)
-                if fault == "html":
-                    body, kind = b"<!DOCTYPE html>\n<html><body>Sign in to continue</body></html>\n", "text/html"
-                elif name in mirror.files:
-                    body, kind = mirror.files[name], "application/octet-stream"
-                else:
-                    self.send_error(404, "Not Found")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                # "short": the connection closes after half of the announced body.
-                self.wfile.write(body[: len(body) // 2] if fault == "short" else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/yitu/releases/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        if self.thread.is_alive():
-            self.server.shutdown()
-            self.server.server_close()
-            self.thread.join()
 
 
 @pytest.fixture
@@ -233,12 +189,15 @@ def test_t2t_vit_7_imagenet_from_the_mirror_then_from_the_cache_alone(served, mi
     assert weights_cli.main(["fetch", "t2t_vit_7:imagenet"]) == 0
     out = capsys.readouterr().out
     assert f"t2t_vit_7:imagenet: {T7_FILE} ({mirror.url}{T7_FILE})" in out and "t2t_vit_7:imagenet: ok" in out
-    converted = f"{T7_FILE}.t2t_vit_7.weights.h5"
-    assert _cached(cache) == sorted([T7_FILE, converted, "index.json"])  # no temporary file left
+    preset = cache / "presets" / "t2t_vit_7_imagenet"
+    assert _cached(cache) == sorted([T7_FILE, "index.json", "presets"])  # no temporary file left
+    assert sorted(os.listdir(cache / "presets")) == ["t2t_vit_7_imagenet"]
     index = _index(cache)
     assert index[T7_FILE]["sha256"] == hashlib.sha256(served.t7).hexdigest()
     assert index[T7_FILE]["bytes"] == len(served.t7) and index[T7_FILE]["source"] == mirror.url + T7_FILE
-    assert index[converted]["sha256"] == hashlib.sha256(_bytes_of(cache / converted)).hexdigest()
+    with open(preset / "metadata.json") as handle:
+        recorded = json.load(handle)["files_sha256"]
+    assert recorded["model.weights.h5"] == hashlib.sha256(_bytes_of(preset / "model.weights.h5")).hexdigest()
     assert mirror.requests == [T7_FILE]
 
     # A cached checkpoint that changed is not trusted: fetched again (the conversion, intact, is kept).
@@ -247,11 +206,13 @@ def test_t2t_vit_7_imagenet_from_the_mirror_then_from_the_cache_alone(served, mi
     assert "not trusted, fetching it again" in capsys.readouterr().out
     assert mirror.requests == [T7_FILE, T7_FILE] and _bytes_of(cache / T7_FILE) == served.t7
     # A changed conversion is made again from the (verified) checkpoint, without a download.
-    _flip_a_byte(cache / converted, offset=3000)
+    _flip_a_byte(preset / "model.weights.h5", offset=3000)
     assert weights_cli.main(["fetch", "t2t_vit_7:imagenet"]) == 0
     assert "not trusted, converting it again" in capsys.readouterr().out
     assert mirror.requests == [T7_FILE, T7_FILE]
-    assert _index(cache)[converted]["sha256"] == hashlib.sha256(_bytes_of(cache / converted)).hexdigest()
+    with open(preset / "metadata.json") as handle:
+        recorded = json.load(handle)["files_sha256"]
+    assert recorded["model.weights.h5"] == hashlib.sha256(_bytes_of(preset / "model.weights.h5")).hexdigest()
 
     # The mirror gone and the PyTorch file deleted: the builder loads the conversion.
     mirror.stop()
@@ -396,9 +357,8 @@ def test_t2t_vit_14_cifar10_in_the_transfer_learning_layout_gives_the_reference_
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 10)
     images = random_images(14, 1, 224, 224)
     np.testing.assert_allclose(_logits(model, images), ref.forward(state, images, config), atol=ATOL, rtol=ATOL)
-    assert _cached(cache) == sorted(
-        ["cifar10_t2t-vit_14_98.3.pth", "cifar10_t2t-vit_14_98.3.pth.t2t_vit_14.weights.h5", "index.json"]
-    )
+    assert _cached(cache) == sorted(["cifar10_t2t-vit_14_98.3.pth", "index.json", "presets"])
+    assert os.listdir(cache / "presets") == ["t2t_vit_14_cifar10"]
 
 
 # === the command line ===

@@ -1,0 +1,162 @@
+"""One road from a handle to a model and the preprocessing it was evaluated with.
+
+``resolve_model(handle, weights=None)`` takes any of:
+
+- a release preset name (``t2t_vit_14_imagenet``; ``keras_t2t.list_presets()``),
+- a preset folder (KerasHub's files: ``config.json``, ``task.json``, ...),
+- a ``.keras`` file (a training run's ``model.keras`` included),
+- an authors' checkpoint (``.pth``/``.pth.tar``; the variant is detected),
+- a registry name (``t2t_vit_14``) with ``weights``: a tag (``imagenet``), a
+  checkpoint, or a ``.weights.h5`` file,
+
+and returns a ``Resolved``: the model (class scores, fed normalised images), its
+``Preprocessing`` and a line saying where both came from. The preprocessing is
+the preset's, the training run's (``recipe.json`` beside a ``model.keras``), or
+the authors' evaluation transform of a release; flags given by the user win
+(``with_overrides``), and ``describe()`` says which was used.
+"""
+
+import dataclasses
+import json
+import os
+
+from keras_t2t.builders import create_model, from_checkpoint
+from keras_t2t.data.images import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, as_hw
+from keras_t2t.hub import presets
+from keras_t2t.hub.classifier import T2TViTImageClassifier
+from keras_t2t.models.presets import MODELS, unknown_model_error
+from keras_t2t.weights.loading import is_checkpoint_path, read_keras_file
+from keras_t2t.weights.pretrained import is_weights_tag, release_for
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How images are fed: the evaluation transform's size and crop, the normalisation, and its source."""
+
+    image_size: tuple
+    crop_pct: float = DEFAULT_CROP_PCT
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    source: str = "the default"
+
+    def with_overrides(self, image_size=None, crop_pct=None):
+        """This preprocessing with the user's flags in place of its values (the source says so)."""
+        flags = [f"--image-size {image_size}"] if image_size is not None else []
+        flags += [f"--crop-pct {crop_pct:g}"] if crop_pct is not None else []
+        if not flags:
+            return self
+        return dataclasses.replace(
+            self,
+            image_size=as_hw(image_size) if image_size is not None else self.image_size,
+            crop_pct=crop_pct if crop_pct is not None else self.crop_pct,
+            source=f"{' and '.join(flags)}, the rest from {self.source}",
+        )
+
+    def describe(self):
+        norm = "ImageNet mean/std" if (tuple(self.mean), tuple(self.std)) == (IMAGENET_MEAN, IMAGENET_STD) else (
+            f"mean {list(self.mean)}, std {list(self.std)}")
+        return (f"preprocessing: {self.image_size[0]}x{self.image_size[1]}, crop_pct {self.crop_pct:g}, {norm} "
+                f"(from {self.source})")
+
+
+@dataclasses.dataclass
+class Resolved:
+    model: object
+    preprocessing: Preprocessing
+    description: str
+
+
+def is_preset_folder(path):
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def preset_folder_preprocessing(folder):
+    """The ``Preprocessing`` a preset folder's ``preprocessor.json`` holds, or None without one."""
+    try:
+        with open(os.path.join(folder, "preprocessor.json"), encoding="utf-8") as handle:
+            converter = json.load(handle)["config"]["image_converter"]["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Preprocessing(as_hw(tuple(converter["image_size"])), float(converter.get("crop_pct", 1.0)),
+                         tuple(converter.get("mean", IMAGENET_MEAN)), tuple(converter.get("std", IMAGENET_STD)),
+                         f"the preset {folder}")
+
+
+def run_preprocessing(model_path):
+    """The evaluation preprocessing of the training run a ``model.keras`` belongs to, or None.
+
+    The trainer writes ``recipe.json`` (image size, ``eval_crop_pct``) and a ``preset/``
+    folder beside ``model.keras``; either says how the run evaluated its model.
+    """
+    folder = os.path.dirname(os.path.abspath(model_path))
+    found = preset_folder_preprocessing(os.path.join(folder, "preset"))
+    if found is not None:
+        return dataclasses.replace(found, source=f"the training run's preset ({os.path.join(folder, 'preset')})")
+    try:
+        with open(os.path.join(folder, "recipe.json"), encoding="utf-8") as handle:
+            recipe = json.load(handle)
+        return Preprocessing(as_hw(recipe["image_size"]), float(recipe.get("eval_crop_pct", DEFAULT_CROP_PCT)),
+                             source=f"the training run's recipe ({os.path.join(folder, 'recipe.json')})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _input_hw(model):
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[2]:
+        return int(shape[1]), int(shape[2])
+    return 224, 224
+
+
+def _default(model, what):
+    return Preprocessing(_input_hw(model), source=f"the defaults for {what}: the model's input size, crop_pct 0.9")
+
+
+def _task_without_preprocessor(task, source):
+    """A KerasHub task as the commands use models: normalised images in, scores out."""
+    preprocessing = None
+    if task.preprocessor is not None:
+        converter = task.preprocessor.image_converter
+        preprocessing = Preprocessing(tuple(converter.image_size), converter.crop_pct, converter.mean,
+                                      converter.std, source)
+    task.preprocessor = None  # the commands apply the transform themselves
+    return task, preprocessing
+
+
+def resolve_model(handle, weights=None, **build_kwargs):
+    """Any model handle (see the module) -> ``Resolved(model, preprocessing, description)``.
+
+    ``build_kwargs`` go to the builder for registry names and checkpoints
+    (``classifier_activation=None``, ``input_shape``, ...).
+    """
+    handle = os.fspath(handle)
+    if weights is None and presets.is_preset_name(handle):
+        task, found = _task_without_preprocessor(T2TViTImageClassifier.from_preset(handle), f"the preset {handle}")
+        return Resolved(task, found or _default(task, handle), f"the preset {handle}")
+    if weights is None and is_preset_folder(handle):
+        task = T2TViTImageClassifier.load_preset_folder(handle)
+        task, found = _task_without_preprocessor(task, f"the preset {os.path.abspath(handle)}")
+        return Resolved(task, found or _default(task, handle), os.path.abspath(handle))
+    if weights is None and handle.endswith(".keras"):
+        model = read_keras_file(handle)
+        found = run_preprocessing(handle)
+        return Resolved(model, found or _default(model, "a .keras file outside a training run"),
+                        os.path.abspath(handle))
+    if weights is None and is_checkpoint_path(handle) and os.path.isfile(handle):
+        model = from_checkpoint(handle, **build_kwargs)
+        return Resolved(model, _default(model, "an authors' checkpoint"), os.path.abspath(handle))
+    if handle not in MODELS:
+        if os.path.exists(handle):
+            raise ValueError(
+                f"{handle!r} is not a model this package reads: accepted are a preset folder, a '.keras' file, "
+                "an authors' checkpoint ('.pth', '.pth.tar'), or a registry name with weights."
+            )
+        raise unknown_model_error(handle, list(MODELS) + presets.list_presets())
+    model = create_model(handle, weights=weights, **build_kwargs)
+    if weights is not None and is_weights_tag(weights):
+        row = release_for(handle, weights)
+        size, crop_pct = presets.release_preprocessing(row)
+        preprocessing = Preprocessing((size, size), crop_pct, source=f"the authors' evaluation of {handle}:{row.tag}")
+        return Resolved(model, preprocessing, f"{handle} ({row.tag})")
+    source = os.path.abspath(weights) if weights is not None else "random weights"
+    return Resolved(model, _default(model, handle), f"{handle} ({source})")
