@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from keras_t2t import create_model, flops, precision, preprocess_input
+from keras_t2t.resolve import resolve_model
 from keras_t2t.data.digits import load_digits_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,7 +329,7 @@ class CaseRunner:
 def _agreement_reference(path):
     """(the TRAINED model at ``path`` without its softmax, its validation digits, its float32
     logits): the same for every dtype, so computed once per process."""
-    saved = keras.saving.load_model(path, compile=False)
+    saved = resolve_model(path).model  # a .keras file, a preset folder or name: the one resolver
     reference = saved.__class__.from_config(dict(saved.get_config(), classifier_activation=None))
     reference.set_weights(saved.get_weights())
     size = int(reference.input.shape[1])

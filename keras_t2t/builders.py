@@ -44,6 +44,9 @@ def _check_weights_argument(weights, model_name):
         )
     if not os.path.exists(weights):
         raise unknown_weights_error(model_name, os.fspath(weights))
+    if os.path.isdir(weights) and not os.path.isfile(os.path.join(weights, "config.json")):
+        raise ValueError(f"weights={os.fspath(weights)!r} is a folder but not a KerasHub preset (it has no "
+                         "config.json); give a preset folder, a weights tag or a weights file.")
     return weights
 
 
@@ -92,7 +95,13 @@ def build_model(
             build = functools.partial(model_class, include_top=include_top, pooling=pooling,
                                       classifier_activation=classifier_activation, name=name or model_name, **config)
             return _from_release(model_name, weights, build, input_shape, classes, include_top, pooling, verbose)
-        if not is_vit and state is None and not os.fspath(weights).endswith(".h5"):
+        if os.path.isdir(weights):
+            # A preset folder: its image size and head unless the keywords say otherwise; read through Keras.
+            weights = os.path.abspath(weights)
+            head_classes, token_labeling = presets.release_head(weights)
+            input_shape = presets.preset_image_shape(weights) if input_shape is None else input_shape
+            head = (head_classes, token_labeling)
+        elif not is_vit and state is None and not os.fspath(weights).endswith(".h5"):
             state, _ = loading.read_state_dict(weights, which=checkpoint_entry)
         if state is not None and input_shape is None:
             size = checkpoint_image_size(state, config.get("t2t_stages", DEFAULT_T2T_STAGES))
@@ -114,7 +123,9 @@ def build_model(
         **config,
     )
     if weights is not None:
-        if is_vit:
+        if os.path.isdir(weights):
+            report = presets.load_into_classic(model, weights)
+        elif is_vit:
             report = loading.load_vit_weights(model, weights, skip_mismatch=skip_mismatch)
         elif state is None:
             report = loading.load_weights(model, weights, skip_mismatch=skip_mismatch)

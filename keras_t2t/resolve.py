@@ -23,10 +23,9 @@ import os
 from keras_t2t.builders import create_model, from_checkpoint
 from keras_t2t.data.images import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, as_hw
 from keras_t2t.hub import presets
-from keras_t2t.hub.classifier import T2TViTImageClassifier
 from keras_t2t.models.presets import MODELS, unknown_model_error
-from keras_t2t.weights.loading import is_checkpoint_path, read_keras_file
-from keras_t2t.weights.pretrained import is_weights_tag, release_for
+from keras_t2t.weights.loading import is_checkpoint_path, load_any_weights, read_keras_file
+from keras_t2t.weights.pretrained import is_weights_tag, preset_cache_folder, release_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,15 +111,14 @@ def _default(model, what):
     return Preprocessing(_input_hw(model), source=f"the defaults for {what}: the model's input size, crop_pct 0.9")
 
 
-def _task_without_preprocessor(task, source):
-    """A KerasHub task as the commands use models: normalised images in, scores out."""
-    preprocessing = None
-    if task.preprocessor is not None:
-        converter = task.preprocessor.image_converter
-        preprocessing = Preprocessing(tuple(converter.image_size), converter.crop_pct, converter.mean,
-                                      converter.std, source)
-    task.preprocessor = None  # the commands apply the transform themselves
-    return task, preprocessing
+def _class_keywords(build_kwargs):
+    """The builder keywords a preset folder's model takes (its architecture and head are the folder's)."""
+    allowed = ("classifier_activation", "dtype", "drop_path_rate", "drop_rate", "attn_drop_rate", "t2t_dropout")
+    unknown = [key for key in build_kwargs if key not in allowed and key != "verbose"]
+    if unknown:
+        raise ValueError(f"A preset folder fixes the architecture and head; {', '.join(unknown)} cannot be changed "
+                         f"on load (accepted: {', '.join(allowed)}).")
+    return {key: value for key, value in build_kwargs.items() if key in allowed}
 
 
 def resolve_model(handle, weights=None, **build_kwargs):
@@ -131,12 +129,13 @@ def resolve_model(handle, weights=None, **build_kwargs):
     """
     handle = os.fspath(handle)
     if weights is None and presets.is_preset_name(handle):
-        task, found = _task_without_preprocessor(T2TViTImageClassifier.from_preset(handle), f"the preset {handle}")
-        return Resolved(task, found or _default(task, handle), f"the preset {handle}")
+        row = presets.preset_release(handle)
+        return resolve_model(row.model, weights=row.tag, **build_kwargs)
     if weights is None and is_preset_folder(handle):
-        task = T2TViTImageClassifier.load_preset_folder(handle)
-        task, found = _task_without_preprocessor(task, f"the preset {os.path.abspath(handle)}")
-        return Resolved(task, found or _default(task, handle), os.path.abspath(handle))
+        folder = os.path.abspath(handle)
+        model = presets.load_classic(folder, **_class_keywords(build_kwargs))
+        return Resolved(model, preset_folder_preprocessing(folder) or _default(model, "a preset without one"),
+                        folder)
     if weights is None and handle.endswith(".keras"):
         model = read_keras_file(handle)
         found = run_preprocessing(handle)
@@ -157,6 +156,39 @@ def resolve_model(handle, weights=None, **build_kwargs):
         row = release_for(handle, weights)
         size, crop_pct = presets.release_preprocessing(row)
         preprocessing = Preprocessing((size, size), crop_pct, source=f"the authors' evaluation of {handle}:{row.tag}")
-        return Resolved(model, preprocessing, f"{handle} ({row.tag})")
+        folder = preset_cache_folder(handle, row.tag)
+        return Resolved(model, preprocessing, f"{handle} with its {row.tag!r} weights (the preset "
+                                              f"{handle}_{row.tag}, {folder})")
     source = os.path.abspath(weights) if weights is not None else "random weights"
     return Resolved(model, _default(model, handle), f"{handle} ({source})")
+
+
+def check_weights_handle(weights, model_name=None):
+    """A one-line ValueError unless ``weights`` is something ``load_weights_into`` takes for ``model_name``."""
+    handle = os.fspath(weights)
+    if os.path.exists(handle) or presets.is_preset_name(handle):
+        return
+    if model_name is not None and is_weights_tag(handle):
+        release_for(model_name, handle)  # or the error naming the model's tags
+        return
+    raise ValueError(
+        f"weights {handle!r} is not an existing file or folder, a release preset name (keras_t2t.list_presets()) "
+        f"or a weights tag{f' of {model_name}' if model_name else ''} (imagenet, ...)."
+    )
+
+
+def load_weights_into(model, weights, model_name=None, skip_mismatch=False):
+    """Loads any weights handle into ``model`` (fine-tuning: another head or image size is adapted).
+
+    ``weights``: a tag of ``model_name`` (``"imagenet"``), a release preset name, a preset
+    folder, or a file (an authors' checkpoint, a ``.keras`` or ``.weights.h5`` file).
+    Returns the load's report.
+    """
+    handle = os.fspath(weights)
+    if model_name is not None and is_weights_tag(handle) and not os.path.exists(handle):
+        handle = f"{model_name}_{release_for(model_name, handle).tag}"
+    if presets.is_preset_name(handle) and not os.path.exists(handle):
+        handle = presets.preset_folder(handle)
+    if is_preset_folder(handle):
+        return presets.load_into_classic(model, handle)
+    return load_any_weights(model, handle, skip_mismatch=skip_mismatch)

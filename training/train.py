@@ -79,8 +79,9 @@ def build_parser():
     run.add_argument("--cpu-replicas", type=int, default=0,
                      help="train on N logical CPU devices as replicas (TensorFlow MirroredStrategy, JAX DataParallel)")
     run.add_argument("--weights", default=None,
-                     help="start from these weights (.pth.tar of the authors, .keras, .weights.h5); the head and "
-                          "position table adapt to --image-size and the class count")
+                     help="start from these weights: a tag of --model (imagenet, ...), a release preset name "
+                          "(t2t_vit_7_imagenet, ...), a preset folder, or a file (.pth.tar of the authors, .keras, "
+                          ".weights.h5); the head and position table adapt to --image-size and the class count")
     run.add_argument("--eval-only", action="store_true", help="validate --weights and write summary.json; no training")
     run.add_argument("--no-download", action="store_true", help="fail instead of downloading a TFDS dataset")
     run.add_argument("--verify-images", action="store_true",
@@ -151,7 +152,8 @@ def main(argv=None):
         parser.error("--recipe paper needs --dataset (a TFDS name, or 'folder' with --data-dir)")
     if args.eval_only and not args.weights:
         parser.error("--eval-only needs --weights PATH")
-    if args.weights and not os.path.exists(args.weights):
+    if args.weights and not os.path.exists(args.weights) and (os.sep in args.weights or "." in args.weights):
+        # A path that is not there (a tag or a preset name is checked by the trainer, which knows the model).
         parser.error(f"--weights: no such file {args.weights!r}")
     if args.cpu_replicas < 0:
         parser.error("--cpu-replicas must be >= 0")

@@ -23,7 +23,10 @@ from keras_t2t.cli.args import (
     positive_int,
 )
 from keras_t2t.data.digits import digits_sample
-from keras_t2t.data.images import load_image_resized
+from keras_t2t.data.images import load_image, load_image_resized
+from keras_t2t.hub.presets import is_preset_name
+from keras_t2t.resolve import resolve_model
+from keras_t2t.weights.loading import is_checkpoint_path
 from keras_t2t.io_utils import check_output_folder
 from keras_t2t.models.presets import MODELS, unknown_model_error
 from keras_t2t.precision import apply_dtype
@@ -107,13 +110,22 @@ def _download_error(name, error):
     )
 
 
+def _is_model_file(model):
+    """Whether ``model`` names a saved model (``.keras``, a preset name or folder, an authors' checkpoint),
+    which ``keras_t2t.resolve`` loads, rather than a name to build."""
+    path = os.fspath(model)
+    return (path.endswith(".keras") or is_preset_name(path) or os.path.isdir(path)
+            or (is_checkpoint_path(path) and os.path.isfile(path)))
+
+
 def check_source(model, weights=None, random_by_default=True):
     """Raises the one-line error ``load_labelled`` would for this model and weights, without building anything
     (an unknown name, a missing file, an unknown tag, weights not given where they must be)."""
-    if os.fspath(model).endswith(".keras"):
+    if _is_model_file(model):
         if weights:
-            raise ValueError("--weights goes with a model name; a .keras file already holds its weights.")
-        if not os.path.exists(model):
+            raise ValueError("--weights goes with a model name; a .keras file, a preset or a checkpoint already "
+                             "holds its weights.")
+        if not os.path.exists(model) and not is_preset_name(model):
             raise FileNotFoundError(f"Model file {os.fspath(model)!r} does not exist.")
         return
     if model not in MODELS and model not in KERAS_APPLICATIONS:
@@ -142,8 +154,11 @@ def load_labelled(model, weights=None, image_size=None, classes=None, random_by_
     names, which need it said). ``label`` names the weights for the pictures' titles.
     """
     check_source(model, weights, random_by_default)
-    if os.fspath(model).endswith(".keras"):
-        return keras.saving.load_model(model, compile=False), "saved model", os.path.basename(model)
+    if _is_model_file(model):
+        resolved = resolve_model(model)
+        resolved.model.preprocessing = resolved.preprocessing  # what load_input feeds it
+        label = model if is_preset_name(model) else os.path.basename(os.path.normpath(model))
+        return resolved.model, f"{resolved.description}; {resolved.preprocessing.describe()}", label
     if model in KERAS_APPLICATIONS:
         return keras_application(model, weights, image_size)
     preset = MODELS[model]
@@ -172,6 +187,11 @@ def load_model(model, weights=None, image_size=None, classes=None):
 def load_input(model, image=None, digit_index=0):
     """The image the pictures show at ``model``'s input size (normalised), and a description of it."""
     height, width, channels = (int(v) for v in model.input.shape[1:])
+    preprocessing = getattr(model, "preprocessing", None)
+    if image and preprocessing is not None and channels == 3:
+        # A model with a preset or a training run is fed as it was evaluated.
+        return load_image(image, (height, width), preprocessing.crop_pct, preprocessing.mean, preprocessing.std), (
+            f"image {image} (crop_pct {preprocessing.crop_pct:g}, from {preprocessing.source})")
     if image:
         return load_image_resized(image, height, width, channels), f"image {image}"
     picture, label = digits_sample(height, width, digit_index)

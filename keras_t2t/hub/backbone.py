@@ -6,7 +6,10 @@ pieces (``models/t2t_vit``), so its variables have the same paths and map to the
 authors' checkpoint keys through ``keras_t2t.weights.mapping`` unchanged. Its
 output is the token sequence ``(batch, 1 + tokens, width)``; ``pyramid_outputs``
 are the T2T layers' tokens and the final patch tokens as ``(batch, H, W, C)``
-maps, keyed ``P{n}`` for a map ``2**n`` times smaller than the image.
+maps, keyed ``P{n}`` for a map ``2**n`` times smaller than the image (a T2T stage
+of stride 1 leaves the stride as it was: the later map of that stride is kept).
+The input size is fixed (the position table has a row per token): a model that
+calls the backbone, a KerasHub segmenter say, must be given its ``image_shape``.
 """
 
 import math

@@ -7,6 +7,8 @@ saved in a preset, so a model loaded from one is fed as it was evaluated.
 """
 
 import math
+import typing
+import warnings
 
 import keras
 import numpy as np
@@ -25,6 +27,29 @@ from keras_t2t.data.images import (
 )
 from keras_t2t.hub.backbone import T2TViTBackbone
 from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT
+
+
+class _Ops(typing.NamedTuple):
+    convert_to_tensor: typing.Callable
+    cast: typing.Callable
+    resize: typing.Callable
+    clip: typing.Callable
+
+
+_KERAS_OPS = _Ops(ops.convert_to_tensor, ops.cast,
+                  lambda x, size, method, antialias: ops.image.resize(x, size, interpolation=method,
+                                                                       antialias=antialias),
+                  ops.clip)
+
+
+def _tensorflow_ops():
+    """The same operations in TensorFlow: KerasHub maps a preprocessor over a tf.data pipeline on every
+    backend, where the images are TensorFlow tensors."""
+    import tensorflow as tf
+
+    return _Ops(tf.convert_to_tensor, tf.cast,
+                lambda x, size, method, antialias: tf.image.resize(x, size, method=method, antialias=antialias),
+                tf.clip_by_value)
 
 
 def _triple(name, value):
@@ -68,7 +93,8 @@ class T2TViTImageConverter(ImageConverter):
         self.std = std
 
     def _call_python(self, inputs):
-        x = ops.convert_to_tensor(np.asarray(inputs) if isinstance(inputs, (list, tuple)) else inputs)
+        ops_ = _tensorflow_ops() if type(inputs).__module__.startswith("tensorflow") else _KERAS_OPS
+        x = ops_.convert_to_tensor(np.asarray(inputs) if isinstance(inputs, (list, tuple)) else inputs)
         unbatched = len(x.shape) == 3
         if unbatched:
             x = x[None]
@@ -79,16 +105,16 @@ class T2TViTImageConverter(ImageConverter):
                 f"{tuple(x.shape)}); give it one image, or a batch of images of one size."
             )
         new_w, new_h = resize_size(int(width), int(height), self.image_size, self.crop_pct)
-        x = ops.cast(x, "float32")
+        x = ops_.cast(x, "float32")
         if (new_h, new_w) != (height, width):
-            x = ops.image.resize(x, (new_h, new_w), interpolation=self.interpolation, antialias=self.antialias)
-            x = ops.clip(x, 0.0, 255.0)  # bicubic overshoots; PIL's uint8 result cannot
+            x = ops_.resize(x, (new_h, new_w), self.interpolation, self.antialias)
+            x = ops_.clip(x, 0.0, 255.0)  # bicubic overshoots; PIL's uint8 result cannot
         crop_h, crop_w = self.image_size
         top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
         x = x[:, top:top + crop_h, left:left + crop_w, :]
-        x = x * ops.convert_to_tensor(np.asarray(self.scale, "float32")) + ops.convert_to_tensor(
+        x = x * ops_.convert_to_tensor(np.asarray(self.scale, "float32")) + ops_.convert_to_tensor(
             np.asarray(self.offset, "float32"))
-        x = ops.cast(x, self.compute_dtype)
+        x = ops_.cast(x, self.compute_dtype)
         return x[0] if unbatched else x
 
     def get_config(self):
@@ -192,6 +218,13 @@ class T2TViTImageClassifier(ImageClassifier):
         config = super().get_config()
         config.update(token_labeling_head=self.token_labeling_head)
         return config
+
+    def load_task_weights(self, filepath):
+        # A preset written from a classic keras_t2t model holds no optimizer state; KerasHub's
+        # compiled task has some, which Keras would warn about on every load.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            super().load_task_weights(filepath)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, image_shape=None, **kwargs):

@@ -32,6 +32,7 @@ from keras_t2t.hub.classifier import (
 )
 from keras_t2t.io_utils import atomic_temp_path, install_atomic, remove_path, remove_stale_temporaries
 from keras_t2t.models.presets import get_preset, list_weights
+from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
 from keras_t2t.weights import pretrained
 from keras_t2t.weights.loading import load_state_dict
 from keras_t2t.weights.mapping import model_state_dict
@@ -124,6 +125,8 @@ def make_preprocessor(preprocessing):
     return T2TViTImageClassifierPreprocessor(image_converter=converter)
 
 
+# Keywords that change training, not the weights: a preset loads whatever they are.
+TRAINING_KEYS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "t2t_dropout")
 # The classic model's layers after the final norm: what a KerasHub task holds beside its backbone.
 CLASSIC_TOP = ("pool", "head", "aux_head", "scores", "predictions")
 
@@ -223,6 +226,30 @@ def save_preset(model, folder, preprocessing=None, metadata=None, checked=()):
     return folder
 
 
+def load_classic(folder, **kwargs):
+    """A classic ``keras_t2t.T2TViT`` (or ``T2TViTDense``) of a preset folder's architecture and head,
+    its weights loaded through Keras (one model built). ``kwargs`` go to the class
+    (``classifier_activation``, ``dtype``, ...)."""
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+        arch = json.load(handle)["config"]
+    classes, token_labeling = release_head(folder)
+    config = {key: value for key, value in arch.items() if key not in ("trainable", "dtype", "growth_rate",
+                                                                         "dense_stages", "block_type", "depth")}
+    config["input_shape"] = config.pop("image_shape")
+    config["name"] = config["name"].removesuffix("_backbone")
+    block_type = arch.get("block_type", "standard")
+    if block_type == "dense":
+        model_class = T2TViTDense
+        config.update(dense_stages=arch["dense_stages"], growth_rate=arch["growth_rate"])
+    else:
+        model_class = T2TViT
+        config.update(depth=arch["depth"], block_type=block_type)
+    config.update(kwargs)
+    model = model_class(classes=classes, token_labeling_head=token_labeling, **config)
+    model.weights_report = load_into_classic(model, folder)
+    return model
+
+
 def load_into_classic(model, folder):
     """Loads a preset folder into a classic ``keras_t2t.T2TViT`` of its architecture, through Keras.
 
@@ -237,8 +264,8 @@ def load_into_classic(model, folder):
     with open(os.path.join(folder, "task.json"), encoding="utf-8") as handle:
         task = json.load(handle)["config"]
     arch = architecture(model)
-    differs = [key for key, value in arch.items() if key != "image_shape" and json.loads(json.dumps(value)) !=
-               saved.get(key)]
+    differs = [key for key, value in arch.items() if key not in TRAINING_KEYS + ("image_shape",)
+               and json.loads(json.dumps(value)) != saved.get(key)]
     if differs:
         raise ValueError(f"The preset {folder} is another architecture ({', '.join(differs)} differ) than {model.name}.")
     if list(arch["image_shape"]) != list(saved["image_shape"]):
@@ -267,6 +294,12 @@ def preset_folder(name):
     """The cached preset folder of a release preset name, fetched and converted when needed."""
     folder, _ = convert_release(name)
     return folder
+
+
+def preset_image_shape(folder):
+    """The ``(height, width, channels)`` a preset folder's backbone was saved at."""
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+        return tuple(json.load(handle)["config"]["image_shape"])
 
 
 def release_head(folder):

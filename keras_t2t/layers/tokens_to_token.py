@@ -377,6 +377,12 @@ class TokensToToken(keras.layers.Layer):
 
     def stage_grids(self, height, width):
         """The (rows, cols) token grid after each soft split."""
+        if height is None or width is None:
+            raise ValueError(
+                f"The T2T module needs a fixed image height and width (its position table has one token per "
+                f"grid cell); got images of height {height} and width {width}. Give the model that calls it "
+                "the backbone's image_shape (e.g. DeepLabV3Backbone(..., image_shape=(224, 224, 3)))."
+            )
         grids = []
         for split in self.soft_splits:
             height, width = split.output_grid(height, width)

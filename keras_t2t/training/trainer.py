@@ -31,7 +31,7 @@ from keras_t2t.builders import create_model, list_models
 from keras_t2t.hub.presets import save_preset
 from keras_t2t.io_utils import check_output_folder, write_json_atomic
 from keras_t2t.models.presets import get_preset
-from keras_t2t.weights import load_any_weights
+from keras_t2t.resolve import check_weights_handle, load_weights_into
 from keras_t2t.training.recipe import Recipe
 
 # Recipe fields that may change between a run and its resumption (they do not
@@ -63,7 +63,7 @@ def build_model(recipe, num_classes, weights=None, verbose=True):
     model = create_model(recipe.model, **kwargs)
     if weights:
         # Any file, this trainer's own included: Keras' load_weights would ignore a deeper variant's extra blocks.
-        report = load_any_weights(model, weights)
+        report = load_weights_into(model, weights, model_name=recipe.model)
         if verbose:
             print(f"weights: {os.fspath(weights)}: {report}")
     return model
@@ -171,8 +171,8 @@ def train(recipe, output_dir, distribution=None, weights=None, eval_only=False, 
         raise ValueError(f"Unknown model {recipe.model!r}; accepted: {', '.join(model_names())}.")
     if eval_only and not weights:
         raise ValueError("eval_only needs weights (a checkpoint to validate).")
-    if weights and not os.path.exists(weights):
-        raise FileNotFoundError(f"Weights file {os.fspath(weights)!r} does not exist.")
+    if weights:
+        check_weights_handle(weights, recipe.model)
     output_dir = check_output_folder(output_dir)
     distribution = distribution or setup_distribution()
     per_replica = distribution.check_batch_size(recipe.batch_size)
@@ -316,7 +316,7 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
         "num_val": min(source.num_val, recipe.val_limit) if recipe.val_limit else source.num_val,
         "skipped_images": len(source.skipped),
         "eval_only": bool(eval_only),
-        "weights": os.path.abspath(weights) if weights else None,
+        "weights": (os.path.abspath(weights) if os.path.exists(weights) else weights) if weights else None,
         "ema": recipe.ema_decay > 0,
     }
     if distribution.is_chief:

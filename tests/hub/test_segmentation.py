@@ -110,8 +110,9 @@ def test_deeplab_on_t2t_learns_the_digit_masks(segmenter):
         losses.append(float(ops.convert_to_numpy(logs["loss"])))
     assert np.all(np.isfinite(losses)), losses
     last = float(np.mean(losses[-5:]))
-    # The loss falls: the last five steps' mean under half of the first step's.
-    assert last < 0.5 * losses[0], losses
-    # And not only by learning the class frequencies: below 70% of the best input-blind loss
-    # (the labels' entropy, ~0.4 nats), so the scores follow the digits in the images.
+    # Seeds 0-7 on the three backends: first step 0.65-2.1, last five steps 0.17-0.20.
+    # The loss falls: the last five steps' mean under 70% of the first step's (seen: at most 28%).
+    assert last < 0.7 * losses[0], losses
+    # And not only by learning the class frequencies: under 70% of the best input-blind loss, the
+    # labels' entropy (0.39 nats; seen: at most 51%), so the scores follow the images.
     assert last < 0.7 * label_entropy(masks), (losses, label_entropy(masks))
