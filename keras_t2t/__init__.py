@@ -21,7 +21,8 @@ from keras_t2t.hub import (
     T2TViTImageClassifierPreprocessor,
     T2TViTImageConverter,
 )
-from keras_t2t.hub.presets import list_presets, save_preset
+from keras_t2t.hub.preset_files import save_preset
+from keras_t2t.hub.presets import list_presets
 from keras_t2t.layers import (
     CheapOperation,
     ClassToken,

@@ -9,7 +9,7 @@ import functools
 import inspect
 import os
 
-from keras_t2t.hub import presets
+from keras_t2t.hub import preset_files, presets
 from keras_t2t.layers import DEFAULT_T2T_STAGES
 from keras_t2t.models.presets import MODELS, get_preset, names
 from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
@@ -98,8 +98,8 @@ def build_model(
         if os.path.isdir(weights):
             # A preset folder: its image size and head unless the keywords say otherwise; read through Keras.
             weights = os.path.abspath(weights)
-            head_classes, token_labeling = presets.release_head(weights)
-            input_shape = presets.preset_image_shape(weights) if input_shape is None else input_shape
+            head_classes, token_labeling = preset_files.preset_head(weights)
+            input_shape = preset_files.preset_image_shape(weights) if input_shape is None else input_shape
             head = (head_classes, token_labeling)
         elif not is_vit and state is None and not os.fspath(weights).endswith(".h5"):
             state, _ = loading.read_state_dict(weights, which=checkpoint_entry)
@@ -124,7 +124,7 @@ def build_model(
     )
     if weights is not None:
         if os.path.isdir(weights):
-            report = presets.load_into_classic(model, weights)
+            report = preset_files.load_into_classic(model, weights)
         elif is_vit:
             report = loading.load_vit_weights(model, weights, skip_mismatch=skip_mismatch)
         elif state is None:
@@ -160,10 +160,10 @@ def _from_release(model_name, tag, build, input_shape, classes, include_top, poo
             model.weights_report = {"loaded": len(model.weights), "preset": folder, "converted": True}
             return model
     folder = presets.preset_folder(preset_name)
-    head_classes, token_labeling = presets.release_head(folder)
+    head_classes, token_labeling = preset_files.preset_head(folder)
     extra = {"token_labeling_head": True} if token_labeling and include_top and classes == head_classes else {}
     model = build(input_shape=input_shape, classes=classes, **extra)
-    report = presets.load_into_classic(model, folder)
+    report = preset_files.load_into_classic(model, folder)
     model.weights_report = report
     if verbose and any(report.get(k) for k in (*HEADS, "pos_embed_resized")):
         print(f"keras_t2t: {model_name} from the preset {folder}: {report}")

@@ -220,3 +220,18 @@ def remove_stale_temporaries(folder, patterns, older_than=3600.0):
                 removed.append(path)
             break
     return removed
+
+
+def read_json_object(path, what):
+    """The JSON object (a dict) in ``path``; FileNotFoundError when there is no such file, else one
+    ValueError naming ``what`` and the path for a file that is unreadable or holds no object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{what} {path!r} cannot be read ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path!r} holds a {type(data).__name__}, not a JSON object")
+    return data

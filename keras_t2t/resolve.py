@@ -17,14 +17,15 @@ the authors' evaluation transform of a release; flags given by the user win
 """
 
 import dataclasses
+import difflib
 import json
 import os
 
 from keras_t2t.builders import create_model, from_checkpoint
 from keras_t2t.data.images import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, as_hw
-from keras_t2t.hub import presets
+from keras_t2t.hub import preset_files, presets
 from keras_t2t.models.presets import MODELS, unknown_model_error
-from keras_t2t.weights.loading import is_checkpoint_path, load_any_weights, read_keras_file
+from keras_t2t.weights.loading import CHECKPOINT_SUFFIXES, is_checkpoint_path, load_any_weights, read_keras_file
 from keras_t2t.weights.pretrained import is_weights_tag, preset_cache_folder, release_for
 
 
@@ -133,7 +134,7 @@ def resolve_model(handle, weights=None, **build_kwargs):
         return resolve_model(row.model, weights=row.tag, **build_kwargs)
     if weights is None and is_preset_folder(handle):
         folder = os.path.abspath(handle)
-        model = presets.load_classic(folder, **_class_keywords(build_kwargs))
+        model = preset_files.load_classic(folder, **_class_keywords(build_kwargs))
         return Resolved(model, preset_folder_preprocessing(folder) or _default(model, "a preset without one"),
                         folder)
     if weights is None and handle.endswith(".keras"):
@@ -145,6 +146,8 @@ def resolve_model(handle, weights=None, **build_kwargs):
         model = from_checkpoint(handle, **build_kwargs)
         return Resolved(model, _default(model, "an authors' checkpoint"), os.path.abspath(handle))
     if handle not in MODELS:
+        if not os.path.exists(handle) and (os.sep in handle or handle.endswith((".keras", ".h5", *CHECKPOINT_SUFFIXES))):
+            raise FileNotFoundError(f"{handle!r}: no such file or folder.")
         if os.path.exists(handle):
             raise ValueError(
                 f"{handle!r} is not a model this package reads: accepted are a preset folder, a '.keras' file, "
@@ -171,9 +174,11 @@ def check_weights_handle(weights, model_name=None):
     if model_name is not None and is_weights_tag(handle):
         release_for(model_name, handle)  # or the error naming the model's tags
         return
+    close = difflib.get_close_matches(handle, presets.list_presets(), n=1)
     raise ValueError(
         f"weights {handle!r} is not an existing file or folder, a release preset name (keras_t2t.list_presets()) "
-        f"or a weights tag{f' of {model_name}' if model_name else ''} (imagenet, ...)."
+        f"or a weights tag{f' of {model_name}' if model_name else ''} (imagenet, ...)"
+        + (f" (did you mean {close[0]!r}?)." if close else ".")
     )
 
 
@@ -189,6 +194,8 @@ def load_weights_into(model, weights, model_name=None, skip_mismatch=False):
         handle = f"{model_name}_{release_for(model_name, handle).tag}"
     if presets.is_preset_name(handle) and not os.path.exists(handle):
         handle = presets.preset_folder(handle)
+    elif not os.path.exists(handle) and os.sep not in handle and "." not in handle:
+        presets.preset_release(handle)  # not a file: a misspelled preset name, refused naming the closest
     if is_preset_folder(handle):
-        return presets.load_into_classic(model, handle)
+        return preset_files.load_into_classic(model, handle)
     return load_any_weights(model, handle, skip_mismatch=skip_mismatch)

@@ -8,7 +8,6 @@ than the registry.
 
 import argparse
 import math
-import os
 
 from keras_t2t.backends import KERAS_BACKENDS, backend_error, configured_backend, refuse_unknown_backend
 from keras_t2t.models.presets import MODELS, list_weights
@@ -29,6 +28,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+    def parse(self, argv=None):
+        """``(arguments, None)``, or ``(None, exit code)`` when ``--help`` (or ``--version``) answered."""
+        try:
+            return self.parse_args(argv), None
+        except SystemExit as exit_:
+            return None, exit_.code if isinstance(exit_.code, int) else 0
 
 
 

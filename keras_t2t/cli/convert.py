@@ -343,10 +343,9 @@ def main(argv=None):
     """Entry point of ``keras-t2t-convert``; returns the exit code."""
     try:
         parser = build_parser()
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exit_:  # --help / --version
-            return exit_.code if isinstance(exit_.code, int) else 0
+        args, code = parser.parse(argv)
+        if args is None:
+            return code
         convert(args)
     except UsageError as error:
         print(f"error: {error} (see --help)", file=sys.stderr)

@@ -74,10 +74,9 @@ def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
     parser = _build_parser()
     try:
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exit_:  # --help
-            return exit_.code if isinstance(exit_.code, int) else 0
+        args, code = parser.parse(argv)
+        if args is None:
+            return code
         model, model_desc = _checked_model(parser, args)
     except UsageError as error:
         print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -285,10 +285,9 @@ def _compare(args):
 
 def main(argv=None):
     try:
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as exit_:  # --help
-            return exit_.code if isinstance(exit_.code, int) else 0
+        args, code = build_parser().parse(argv)
+        if args is None:
+            return code
         if (args.model is None) == (args.compare is None):
             raise UsageError("give --model MODEL (one model's pictures) or --compare MODEL=WEIGHTS ... (side by "
                              "side), not both")

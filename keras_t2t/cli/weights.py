@@ -104,10 +104,9 @@ def _fetch(args):
 def main(argv=None):
     """Entry point of ``keras-t2t-weights``; returns the exit code."""
     try:
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as exit_:  # --help
-            return exit_.code if isinstance(exit_.code, int) else 0
+        args, code = build_parser().parse(argv)
+        if args is None:
+            return code
         return _list(args) if args.command == "list" else _fetch(args)
     except (UsageError, ValueError) as error:
         print(f"error: {' '.join(str(error).split())} (see --help)", file=sys.stderr)

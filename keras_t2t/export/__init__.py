@@ -1,7 +1,9 @@
 """Deployable artifacts of a T2T-ViT classifier, each verified against the Keras model.
 
-``export_model`` turns a Keras classifier (in memory, a ``.keras`` file, or a
-model name plus weights) into any of:
+``export_model`` turns a Keras classifier (in memory, or anything
+``keras_t2t.resolve.resolve_model`` reads: a ``.keras`` file, a release preset
+name, a preset folder, an authors' checkpoint, a model name plus weights) into
+any of:
 
 ==========================  ===================================  ===========================
 format                      file in ``output_dir``               passes when (vs. Keras)
@@ -17,14 +19,20 @@ format                      file in ``output_dir``               passes when (vs
 
 Every artifact outputs ``logits`` and ``probabilities`` (the model's own
 classifier activation, softmax when it has none). The SavedModel has two
-signatures: ``serving_default`` takes float images normalised as by
-``keras_t2t.preprocess_input``; ``serving_uint8`` takes uint8 RGB pixels and
-normalises inside. The TFLite models take one image (batch 1): float32, or
+signatures: ``serving_default`` takes float images normalised as the model
+expects (``keras_t2t.preprocess_input`` for ImageNet's mean and std);
+``serving_uint8`` takes uint8 RGB pixels and normalises inside. The TFLite models take one image (batch 1): float32, or
 for the ``_pixels`` models (each of the four quantizations) uint8 RGB pixels,
 normalised inside; each carries TFLite metadata (image size, normalisation,
 the labels; ``export.metadata``), which MediaPipe's ``ImageClassifier`` reads.
 ``tflite_int8`` computes its fully connected layers in int8 and the rest in
 float32 (``export.quantize``). The SavedModel and ONNX take any batch.
+
+The preprocessing travels with the model: the sample and calibration images
+are resized, cropped and normalised as the model was evaluated (its preset's,
+its training run's, the authors' for a release; ``crop_pct`` overrides the
+crop), the uint8 inputs normalise with its mean and std, and ``report.json``'s
+``preprocessing`` records what was used and where it came from.
 
 After writing, each artifact runs in its own runtime (LiteRT's interpreter
 from ``ai-edge-litert``, ``tf.saved_model.load``, onnxruntime) on sample
@@ -61,7 +69,7 @@ see ``--help``.
 from keras_t2t.export.cli import build_parser, main
 from keras_t2t.export.errors import ExportError
 from keras_t2t.export.formats import ARTIFACT_FILES, FORMATS, ExportFormat
-from keras_t2t.export.loading import classifier_for_export, load_model_for_export
+from keras_t2t.export.loading import classifier_for_export, load_model_for_export, resolve_for_export
 from keras_t2t.export.pipeline import export_model
 from keras_t2t.export.report import ExportReport, format_table
 from keras_t2t.export.saved_model import write_saved_model
@@ -80,6 +88,7 @@ __all__ = [
     "format_table",
     "load_model_for_export",
     "main",
+    "resolve_for_export",
     "tflite_operators",
     "tflite_runner",
     "write_saved_model",

@@ -2,7 +2,9 @@
 
 ``python -m keras_t2t.export.child REQUEST`` with ``KERAS_BACKEND=tensorflow``:
 ``REQUEST`` is a JSON file ``{"model", "output_dir", "options", "verbose",
-"result"}``; the child runs ``export_model`` and writes ``{"report": ...}`` or
+"origin", "result"}``; the child runs ``export_model`` (``export_with_options``:
+``model`` is resolved here again, with its preprocessing, unless ``origin`` says
+what a model given in memory was) and writes ``{"report": ...}`` or
 ``{"error": <ExportError message>}`` as JSON to the ``result`` path.
 """
 
@@ -10,15 +12,15 @@ import json
 import sys
 
 from keras_t2t.export.errors import ExportError
-from keras_t2t.export.pipeline import export_model
+from keras_t2t.export.pipeline import export_with_options
 from keras_t2t.io_utils import write_text_atomic
 
 
 def run_request(request):
     """The result (a dict) of the export a request describes."""
     try:
-        report = export_model(
-            request["model"], request["output_dir"], **request["options"], verbose=request["verbose"]
+        report = export_with_options(
+            request["model"], request["output_dir"], request["options"], request["verbose"], request.get("origin")
         )
     except ExportError as error:
         return {"error": str(error)}

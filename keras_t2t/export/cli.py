@@ -5,7 +5,6 @@ import math
 import sys
 
 from keras_t2t.cli.args import IMAGE_SIZE_HELP, add_model_source, fraction, image_size, positive_int
-from keras_t2t.data.images import DEFAULT_CROP_PCT
 from keras_t2t.export.errors import ExportError
 from keras_t2t.export.formats import FORMATS
 from keras_t2t.export.pipeline import (
@@ -56,8 +55,11 @@ def build_parser(prog="python tflite/convert.py"):
             "--output-dir is left as it was); 2: bad input (nothing written)."
         ),
     )
-    add_model_source(parser, "a '.keras' model file (saved on any backend)",
-                     "with --variant: a '.weights.h5' file or an authors' '.pth.tar' checkpoint")
+    add_model_source(parser, "a '.keras' model file (saved on any backend; a training run's model.keras brings "
+                     "the run's preprocessing), a preset name (t2t_vit_7_imagenet, ...), a preset folder, or an "
+                     "authors' checkpoint ('.pth', '.pth.tar')",
+                     "with --variant: a weights tag (imagenet, ...), a '.weights.h5' file or an authors' '.pth.tar' "
+                     "checkpoint")
     parser.add_argument(
         "--image-size", type=image_size, help=f"with --variant: {IMAGE_SIZE_HELP} (default: the weights')"
     )
@@ -88,7 +90,9 @@ def build_parser(prog="python tflite/convert.py"):
         help=f"images to verify on (default {DEFAULT_NUM_SAMPLES})",
     )
     parser.add_argument(
-        "--crop-pct", type=fraction, default=DEFAULT_CROP_PCT, help=f"eval resize/crop (default {DEFAULT_CROP_PCT})"
+        "--crop-pct", type=fraction, default=None,
+        help="eval resize/crop of the sample and calibration images (default: the model's preprocessing: its "
+        "preset's or training run's, the authors' for a release, else 0.9; report.json records which)",
     )
     parser.add_argument(
         "--int8-agreement", type=agreement, default=DEFAULT_INT8_AGREEMENT,
@@ -121,7 +125,7 @@ def main(argv=None, prog="python tflite/convert.py"):
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.variant is not None and not args.weights:
-        parser.error("--variant needs --weights PATH")
+        parser.error("--variant needs --weights TAG or PATH")
     if args.model is not None and (args.weights or args.image_size or args.classes):
         parser.error("--weights, --image-size and --classes go with --variant, not --model")
     options = vars(args)

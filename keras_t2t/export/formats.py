@@ -12,6 +12,7 @@ import functools
 import math
 from collections.abc import Callable
 
+from keras_t2t.data.images import IMAGENET_MEAN, IMAGENET_STD
 from keras_t2t.export.errors import ExportError
 from keras_t2t.export.onnx import onnx_runner, write_onnx
 from keras_t2t.export.saved_model import (
@@ -71,7 +72,9 @@ INT8_TOP1 = Tolerance("top1_agreement", None, group="int8")
 class ExportSources:
     """What the writers convert from: the float32 classifier, the SavedModel written first, calibration images.
 
-    ``labels`` (the class names, or ``None``) go into the TFLite metadata.
+    ``labels`` (the class names, or ``None``) go into the TFLite metadata; ``mean`` and ``std`` (of 0..1
+    pixels: the model's preprocessing) are the normalisation the uint8-pixel inputs apply inside and the
+    float inputs' metadata states.
     """
 
     classifier: object
@@ -79,6 +82,8 @@ class ExportSources:
     representative: object = None
     uint8_signature: bool = True
     labels: tuple | None = None
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +95,8 @@ class ExportFormat:
     ``run(images) -> logits`` in the artifact's own runtime; ``uint8_runner``
     (optional) the same through the uint8-pixel signature, verified as
     ``<name>:uint8``; ``inspect(path)`` (optional) returns extra report fields
-    and an error that fails the artifact (or ``None``).
+    and an error that fails the artifact (or ``None``). A ``takes_pixels``
+    artifact's ``runner`` is verified on the uint8 pixels the samples came from.
     """
 
     name: str
@@ -101,12 +107,13 @@ class ExportFormat:
     is_directory: bool = False
     reads_saved_model: bool = False  # converted from the SavedModel, which is then written first
     needs_calibration: bool = False  # calibrated on representative images
+    takes_pixels: bool = False  # its input is uint8 RGB pixels, normalised inside
     uint8_runner: Callable | None = None
     inspect: Callable | None = None
 
 
 def _write_saved_model(path, sources):
-    write_saved_model(sources.classifier, path, sources.uint8_signature)
+    write_saved_model(sources.classifier, path, sources.uint8_signature, sources.mean, sources.std)
 
 
 def _tflite(quantization, tolerance, needs_calibration=False, pixels=False):
@@ -120,6 +127,7 @@ def _tflite(quantization, tolerance, needs_calibration=False, pixels=False):
         tolerance=tolerance,
         reads_saved_model=True,
         needs_calibration=needs_calibration,
+        takes_pixels=pixels,
         inspect=functools.partial(inspect_tflite, quantization=quantization),
     )
 

@@ -1,78 +1,151 @@
-"""The model to export: loaded from a ``.keras`` file or built by name with weights, then made a classifier.
+"""The model to export and its preprocessing, through ``keras_t2t.resolve``; then made a classifier.
 
-``classifier_for_export`` gives every format the same float32 model
-``images -> {"logits", "probabilities"}``.
+``resolve_for_export`` takes what ``keras_t2t.resolve.resolve_model`` takes (a
+release preset name, a preset folder, a ``.keras`` file, an authors'
+checkpoint, or a registry name with ``weights``: a tag, a checkpoint or a
+``.weights.h5`` file), or a ``keras.Model`` in memory, and gives the model with
+the preprocessing it was evaluated with. ``classifier_for_export`` gives every
+format the same float32 model ``images -> {"logits", "probabilities"}``.
 """
 
+import dataclasses
 import os
 
 import keras
 
-from keras_t2t.builders import create_model, list_models
+from keras_t2t.builders import list_models
 from keras_t2t.export.errors import ExportError
 from keras_t2t.export.serving import INPUT_NAME
+from keras_t2t.hub.presets import is_preset_name, list_presets
 from keras_t2t.models.presets import unknown_model_error
+from keras_t2t.resolve import Preprocessing, Resolved, is_preset_folder, resolve_model
+from keras_t2t.weights.loading import is_checkpoint_path
+from keras_t2t.weights.pretrained import is_weights_tag, release_for, unknown_weights_error
+
+#: What ``model`` may name, for the error messages.
+ACCEPTED_MODELS = (
+    "a '.keras' file (a training run's model.keras included), a preset name (t2t_vit_7_imagenet, ...; "
+    "keras_t2t.list_presets()), a preset folder, or an authors' checkpoint ('.pth', '.pth.tar')"
+)
+IN_MEMORY = "in-memory keras.Model"
 
 
-def check_model_argument(model, variant, weights):
+def _is_path_like(text):
+    return os.sep in text or (os.altsep and os.altsep in text) or text.endswith((".keras", ".h5")) or (
+        is_checkpoint_path(text))
+
+
+def _check_model_handle(path):
+    """The checks on a ``model`` given as a string or path; ExportError naming the problem."""
+    if is_preset_name(path):
+        return
+    if os.path.isdir(path):
+        if not is_preset_folder(path):
+            raise ExportError(f"{path!r} is a folder without a preset's config.json; give {ACCEPTED_MODELS}.")
+        return
+    if path.endswith(".weights.h5"):
+        raise ExportError(
+            f"{path!r} is a '.weights.h5' file, which holds no architecture: give the variant too "
+            "(--variant NAME --weights PATH)."
+        )
+    if os.path.isfile(path):
+        if not (path.endswith(".keras") or is_checkpoint_path(path)):
+            raise ExportError(f"{path!r} is not a model file the export reads; give {ACCEPTED_MODELS}.")
+        return
+    if path in list_models():
+        raise ExportError(
+            f"{path!r} is a model name, which needs weights: give --variant {path} --weights TAG|FILE "
+            f"(variant={path!r}, weights=...), or a preset name such as {path}_imagenet."
+            if f"{path}_imagenet" in list_presets() else
+            f"{path!r} is a model name, which needs weights: give --variant {path} --weights FILE "
+            f"(variant={path!r}, weights=...)."
+        )
+    if _is_path_like(path):
+        raise ExportError(f"Model file {path!r} does not exist.")
+    raise ExportError(f"{unknown_model_error(path, list_presets())} Or give {ACCEPTED_MODELS}.")
+
+
+def check_model_argument(model, variant, weights, image_size=None, classes=None):
     """The checks on what to export that need no loading; ExportError naming the problem."""
     if model is not None and variant is not None:
-        raise ExportError("Give either a model (a keras.Model or a '.keras' path) or variant + weights, not both.")
+        raise ExportError(
+            "Give either a model (a keras.Model, a '.keras' file, a preset) or variant + weights, not both."
+        )
+    if model is not None and (weights is not None or image_size is not None or classes is not None):
+        given = ", ".join(name for name, value in (("weights", weights), ("image_size", image_size),
+                                                    ("classes", classes)) if value is not None)
+        raise ExportError(f"Give {given} with a variant, not with a model: a model has its own.")
     if isinstance(model, keras.Model):
         return
     if model is not None:
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise ExportError(f"Model file {path!r} does not exist.")
-        if not path.endswith(".keras"):
-            raise ExportError(
-                f"{path!r} is not a '.keras' model file. For a '.weights.h5' file or an authors' checkpoint, "
-                "give the variant too (--variant NAME --weights PATH)."
-            )
+        _check_model_handle(os.fspath(model))
         return
     if variant is None:
-        raise ExportError("Nothing to export: give a model (a '.keras' file) or a variant name with weights.")
+        raise ExportError(f"Nothing to export: give a model ({ACCEPTED_MODELS}) or a variant name with weights.")
     if variant not in list_models():
         raise ExportError(str(unknown_model_error(variant)))
     if weights is None:
         raise ExportError(
-            f"--variant {variant} needs --weights PATH ('.weights.h5' or an authors' '.pth.tar'): an "
-            "untrained model is not worth deploying."
+            f"--variant {variant} needs --weights: a tag ('imagenet', ...), a '.weights.h5' file or an authors' "
+            "'.pth.tar'; an untrained model is not worth deploying."
         )
-    if not os.path.isfile(weights):
-        raise ExportError(f"Weights file {os.fspath(weights)!r} does not exist.")
-
-
-def describe_source(model, variant, weights):
-    """Where the exported model came from, as ``report.json`` records it."""
-    if variant is not None:
-        return f"{variant} + {os.path.abspath(os.fspath(weights))}"
-    if isinstance(model, (str, os.PathLike)):
-        return os.path.abspath(os.fspath(model))
-    return "in-memory keras.Model"
-
-
-def load_model_for_export(model=None, variant=None, weights=None, image_size=None, classes=None):
-    """The Keras model to export: a ``keras.Model``, a ``.keras`` path, or ``variant`` + ``weights``.
-
-    ``variant`` is any name of ``keras_t2t.list_models()``; ``weights`` a
-    ``.weights.h5`` file or an authors' checkpoint (``.pth.tar``). The class
-    count comes from its head unless ``classes`` is given, the image size from
-    the checkpoint (or the model's default) unless ``image_size`` (``N`` or
-    ``(height, width)``) is given. Raises ``ExportError`` naming the file when
-    it cannot be read.
-    """
-    check_model_argument(model, variant, weights)
-    if isinstance(model, keras.Model):
-        return model
-    if model is not None:
-        path = os.fspath(model)
+    path = os.fspath(weights)
+    if os.path.isfile(path):
+        return
+    if is_weights_tag(path):
         try:
-            return keras.saving.load_model(path, compile=False)
+            release_for(variant, path)
+        except ValueError as error:
+            raise ExportError(str(error)) from None
+        return
+    if _is_path_like(path) or "." in os.path.basename(path):
+        raise ExportError(f"Weights file {path!r} does not exist.")
+    raise ExportError(str(unknown_weights_error(variant, path)))
+
+
+def _input_hw(model):
+    shape = tuple(model.inputs[0].shape[1:3]) if getattr(model, "inputs", None) else ()
+    if len(shape) == 2 and all(shape):
+        return int(shape[0]), int(shape[1])
+    return None
+
+
+def in_memory_preprocessing(model):
+    """The preprocessing of a model given in memory: its input size, crop_pct 0.9, ImageNet mean/std."""
+    return Preprocessing(_input_hw(model) or (224, 224),
+                         source=f"the defaults for an {IN_MEMORY}: its input size, crop_pct 0.9")
+
+
+def _one_line(error):
+    return " ".join(str(error).split())
+
+
+def resolve_for_export(model=None, variant=None, weights=None, image_size=None, classes=None):
+    """``keras_t2t.resolve.Resolved(model, preprocessing, description)`` of what to export.
+
+    ``model`` is a ``keras.Model`` (its preprocessing: its input size, crop_pct
+    0.9) or any handle ``resolve_model`` reads: a release preset name, a preset
+    folder, a ``.keras`` file (the preprocessing of its training run when it
+    has one: ``recipe.json`` or ``preset/`` beside it), an authors' checkpoint.
+    Or ``variant`` (any name of ``keras_t2t.list_models()``) with ``weights``:
+    a tag (``"imagenet"``), a ``.weights.h5`` file or an authors' checkpoint;
+    then the class count comes from the weights' head unless ``classes`` is
+    given, the image size from the weights (or the model's default) unless
+    ``image_size`` (``N`` or ``(height, width)``) is given, and the preprocessing
+    follows ``image_size``. Raises ``ExportError`` naming the file when it
+    cannot be read.
+    """
+    check_model_argument(model, variant, weights, image_size, classes)
+    if isinstance(model, keras.Model):
+        return Resolved(model, in_memory_preprocessing(model), IN_MEMORY)
+    if model is not None:
+        handle = os.fspath(model)
+        try:
+            return resolve_model(handle, verbose=False)
         except Exception as error:  # noqa: BLE001 - a corrupt file can fail in many ways
-            raise ExportError(
-                f"Cannot load the model {path!r} ({type(error).__name__}: {error}). Is it a complete '.keras' file?"
-            ) from error
+            message = _one_line(error)
+            named = message if repr(handle) in message or handle in message else f"{handle!r}: {message}"
+            raise ExportError(f"Cannot load the model: {named}") from error
     kwargs = {}
     if image_size is not None:
         height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -80,18 +153,37 @@ def load_model_for_export(model=None, variant=None, weights=None, image_size=Non
     if classes is not None:
         kwargs["classes"] = int(classes)  # otherwise the builder takes the weights' head's count
     try:
-        built = create_model(variant, weights=weights, verbose=False, **kwargs)
+        resolved = resolve_model(variant, weights=os.fspath(weights), verbose=False, **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure to build is bad input
         raise ExportError(
-            f"Cannot build {variant} with the weights {os.fspath(weights)!r}: {type(error).__name__}: {error}"
+            f"Cannot build {variant} with the weights {os.fspath(weights)!r}: {type(error).__name__}: "
+            f"{_one_line(error)}"
         ) from error
-    report = getattr(built, "weights_report", None) or {}
+    report = getattr(resolved.model, "weights_report", None) or {}
     if report.get("head_dropped"):
         raise ExportError(
             f"The weights {os.fspath(weights)!r} did not load a classifier head into {variant} "
             f"({report['head_dropped']}); pass the right --classes."
         )
-    return built
+    if image_size is not None:
+        resolved.preprocessing = resolved.preprocessing.with_overrides(image_size=image_size)
+    return resolved
+
+
+def fit_to_input(preprocessing, model):
+    """``preprocessing`` at ``model``'s input size (the only size an export can feed), saying so when it changed."""
+    hw = _input_hw(model)
+    if hw is None or tuple(preprocessing.image_size) == hw:
+        return preprocessing
+    return dataclasses.replace(
+        preprocessing, image_size=hw,
+        source=f"the model's input size {hw[0]}x{hw[1]}, the rest from {preprocessing.source}",
+    )
+
+
+def load_model_for_export(model=None, variant=None, weights=None, image_size=None, classes=None):
+    """The Keras model to export (``resolve_for_export(...).model``; see there)."""
+    return resolve_for_export(model, variant, weights, image_size, classes).model
 
 
 def _float32(model):

@@ -7,11 +7,18 @@ whole; an export that fails verification leaves a previous export as it was.
 On TensorFlow it runs here; in a JAX or PyTorch process it saves the model
 (when given in memory) and hands the options, as JSON, to a TensorFlow child
 (``keras_t2t.export.child``), which hands the report back as JSON.
+
+The model comes through ``keras_t2t.resolve`` (``export.loading``), and its
+preprocessing with it: the samples, the calibration images, the uint8 inputs and
+the TFLite metadata use the crop, mean and std the model was evaluated with (its
+preset's, its training run's, the authors'), unless ``crop_pct`` is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import inspect
 import json
 import os
 import subprocess
@@ -23,7 +30,6 @@ import keras
 import numpy as np
 
 from keras_t2t.data.imagenet import imagenet_class_names
-from keras_t2t.data.images import DEFAULT_CROP_PCT, preprocess_input
 from keras_t2t.export.errors import ExportError
 from keras_t2t.export.formats import (
     FORMATS,
@@ -35,8 +41,8 @@ from keras_t2t.export.formats import (
 from keras_t2t.export.loading import (
     check_model_argument,
     classifier_for_export,
-    describe_source,
-    load_model_for_export,
+    fit_to_input,
+    resolve_for_export,
 )
 from keras_t2t.export.labels import training_class_names
 from keras_t2t.export.report import (
@@ -52,6 +58,7 @@ from keras_t2t.export.samples import (
     to_uint8,
     verification_images,
 )
+from keras_t2t.export.serving import normalize_pixels
 from keras_t2t.export.staging import ExportStaging, export_entries
 from keras_t2t.export.verify import (
     DEFAULT_DECISIVE_MARGIN,
@@ -68,6 +75,7 @@ from keras_t2t.io_utils import (
     remove_path,
     write_text_atomic,
 )
+from keras_t2t.resolve import Preprocessing
 
 DEFAULT_INT8_AGREEMENT = 0.95
 DEFAULT_NUM_SAMPLES = 16
@@ -94,7 +102,7 @@ def export_model(
     num_calibration=DEFAULT_NUM_CALIBRATION,
     sample_dir=None,
     num_samples=DEFAULT_NUM_SAMPLES,
-    crop_pct=DEFAULT_CROP_PCT,
+    crop_pct=None,
     int8_agreement=DEFAULT_INT8_AGREEMENT,
     decisive_margin=DEFAULT_DECISIVE_MARGIN,
     labels=None,
@@ -106,12 +114,17 @@ def export_model(
     """Writes the chosen deployment formats of a classifier into ``output_dir`` and verifies each.
 
     Args:
-        model: a ``keras.Model`` or a path to a ``.keras`` file (saved on any backend).
+        model: a ``keras.Model``, or what ``keras_t2t.resolve.resolve_model``
+            reads: a ``.keras`` file (saved on any backend; a training run's
+            ``model.keras`` brings the run's preprocessing), a release preset
+            name (``"t2t_vit_7_imagenet"``, see ``keras_t2t.list_presets()``), a
+            preset folder, or an authors' checkpoint (``.pth``, ``.pth.tar``).
         output_dir: the folder for the artifacts, ``labels.txt`` and ``report.json``.
         variant, weights: instead of ``model``: a model name (``"t2t_vit_7"``...,
-            see ``keras_t2t.list_models()``) and a ``.weights.h5`` file or an
-            authors' checkpoint; ``image_size`` (``N`` or ``(height, width)``)
-            and ``classes`` override what the weights imply.
+            see ``keras_t2t.list_models()``) and a weights tag (``"imagenet"``),
+            a ``.weights.h5`` file or an authors' checkpoint; ``image_size``
+            (``N`` or ``(height, width)``) and ``classes`` override what the
+            weights imply.
         formats: ``"all"`` or a list (or comma-separated string) from ``FORMATS``.
             ``"all"`` without calibration images is every format that needs none
             (``report["skipped"]`` names the others and what enables them).
@@ -121,7 +134,11 @@ def export_model(
             ``tfds_download``). ``num_calibration`` images, evenly spaced.
         sample_dir, num_samples: the images every artifact is compared on
             (default: crops of the photographs bundled with scikit-learn).
-        crop_pct: the evaluation resize/crop of those images (spec section 11).
+        crop_pct: the evaluation resize/crop of those images and of the
+            calibration images (spec section 11); default ``None``: the model's
+            preprocessing's (its preset's or training run's, the authors' for a
+            release, else 0.9). ``report["preprocessing"]`` says which was used
+            and where it came from.
         int8_agreement: the top-1 agreement the int8 models must reach (0..1).
         decisive_margin: top-1 is compared up to near-ties: a sample agrees when
             the artifact's top class is one the Keras model scores within this
@@ -145,18 +162,65 @@ def export_model(
     """
     options = dict(locals())  # the keyword options, as a TensorFlow child process receives them
     del options["model"], options["output_dir"], options["verbose"]
+    return export_with_options(model, output_dir, options, verbose)
+
+
+def export_with_options(model, output_dir, options, verbose, origin=None):
+    """``export_model(model, output_dir, **options, verbose=verbose)``; the TensorFlow child calls it too.
+
+    ``options`` are ``export_model``'s keyword options (those left out take its
+    defaults). ``origin`` (``{"source", "preprocessing"}``, from ``origin_of``)
+    describes a model given in memory to another process, which received it as a
+    temporary ``.keras`` file.
+    """
+    options = _with_defaults(options)
     if output_dir is None:
         raise ExportError("output_dir is required.")
+    variant, weights = options.get("variant"), options.get("weights")
     # === every check before anything is written (and before another process is started) ===
-    check_model_argument(model, variant, weights)
+    check_model_argument(model, variant, weights, options.get("image_size"), options.get("classes"))
     plan = _plan(os.fspath(output_dir), **options)
     plan["trained_labels"] = training_class_names(model if variant is None else weights)
-    source = load_model_for_export(model, variant=variant, weights=weights, image_size=image_size, classes=classes)
-    classifier = classifier_for_export(source)
-    resolve_labels(labels, int(classifier.outputs[0].shape[-1]), plan["trained_labels"])
+    resolved = resolve_for_export(model, variant=variant, weights=weights, image_size=options.get("image_size"),
+                                  classes=options.get("classes"))
+    model_source, preprocessing = resolved.description, resolved.preprocessing
+    if origin is not None:
+        model_source, preprocessing = origin["source"], preprocessing_from_json(origin["preprocessing"])
+    classifier = classifier_for_export(resolved.model)
+    resolve_labels(options.get("labels"), int(classifier.outputs[0].shape[-1]), plan["trained_labels"])
     if keras.backend.backend() != "tensorflow":
-        return export_in_tensorflow_process(model, output_dir, options, verbose)
-    return _export(source, classifier, plan, model_source=describe_source(model, variant, weights), verbose=verbose)
+        in_memory = origin_of(model_source, preprocessing) if isinstance(model, keras.Model) else None
+        return export_in_tensorflow_process(model, output_dir, options, verbose, in_memory)
+    plan["preprocessing"] = fit_to_input(preprocessing.with_overrides(crop_pct=options.get("crop_pct")), classifier)
+    return _export(resolved.model, classifier, plan, model_source=model_source, verbose=verbose)
+
+
+def _with_defaults(options):
+    """``options`` completed with ``export_model``'s defaults; TypeError naming an option it does not take."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(export_model).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "verbose"
+    }
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"export_model() got unexpected keyword arguments: {', '.join(unknown)}")
+    return {**defaults, **options}
+
+
+def origin_of(model_source, preprocessing):
+    """The JSON form of where a model given in memory came from, for ``export_with_options(origin=...)``."""
+    fields = dataclasses.asdict(preprocessing)
+    return {"source": model_source, "preprocessing": {key: _as_json(value) for key, value in fields.items()}}
+
+
+def preprocessing_from_json(fields):
+    """The ``Preprocessing`` of its JSON form (``origin_of``, ``report["preprocessing"]``)."""
+    return Preprocessing(
+        image_size=tuple(int(v) for v in fields["image_size"]), crop_pct=float(fields["crop_pct"]),
+        mean=tuple(float(v) for v in fields["mean"]), std=tuple(float(v) for v in fields["std"]),
+        source=str(fields["source"]),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -197,8 +261,9 @@ def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_c
     latency_runs = _positive_int("latency_runs", latency_runs)
     if not 0.0 <= float(int8_agreement) <= 1.0:
         raise ExportError(f"int8_agreement is a fraction in [0, 1]; got {int8_agreement!r}.")
-    if not 0.0 < float(crop_pct) <= 1.0:
-        raise ExportError(f"crop_pct must be in (0, 1]; got {crop_pct!r}.")
+    if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float, np.number))
+                                 or not 0.0 < float(crop_pct) <= 1.0):
+        raise ExportError(f"crop_pct must be in (0, 1] (or None: the model's preprocessing's); got {crop_pct!r}.")
     if isinstance(decisive_margin, bool) or not isinstance(decisive_margin, (int, float, np.number)) or not (
         0.0 <= decisive_margin < float("inf")
     ):
@@ -239,7 +304,7 @@ def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_c
         sample_dir=sample_dir,
         sample_files=image_files(sample_dir, "sample") if sample_dir else None,
         num_samples=num_samples,
-        crop_pct=float(crop_pct),
+        crop_pct=None if crop_pct is None else float(crop_pct),
         int8_agreement=float(int8_agreement),
         latency_runs=latency_runs,
         overwrite=overwrite,
@@ -278,7 +343,11 @@ def resolve_labels(labels, classes, trained=None):
 # Write, verify, install (TensorFlow backend)
 # --------------------------------------------------------------------------
 def _checks(classifier, samples, plan):
-    """What every artifact is compared with: the Keras model's logits, and its latency at batch 1."""
+    """What every artifact is compared with: the Keras model's logits, and its latency at batch 1.
+
+    The uint8 inputs are fed the pixels the samples came from, normalised with the model's mean and std.
+    """
+    mean, std = plan["preprocessing"].mean, plan["preprocessing"].std
 
     def keras_run(images):
         return np.asarray(classifier.predict_on_batch(images)["logits"], np.float32)
@@ -287,10 +356,10 @@ def _checks(classifier, samples, plan):
         batches = [keras_run(images[i : i + _REFERENCE_BATCH]) for i in range(0, len(images), _REFERENCE_BATCH)]
         return np.concatenate(batches).astype(np.float64)
 
-    samples_uint8 = to_uint8(samples)
+    samples_uint8 = to_uint8(samples, mean, std)
     reference_uint8 = None
     if plan["uint8_signature"] and any(format_spec(f).uint8_runner for f in plan["formats"]):
-        reference_uint8 = logits(preprocess_input(samples_uint8))
+        reference_uint8 = logits(normalize_pixels(samples_uint8, mean, std))
     checks = Checks(
         samples=samples,
         reference=logits(samples),
@@ -347,19 +416,21 @@ def _write_verify_install(sources, checks, formats, staging_dir, temps, say):
 
 def _export(source, classifier, plan, model_source, verbose):
     say = print if verbose else (lambda *a, **k: None)
-    output_dir, formats, crop_pct = plan["output_dir"], plan["formats"], plan["crop_pct"]
+    output_dir, formats, preprocessing = plan["output_dir"], plan["formats"], plan["preprocessing"]
+    crop_pct, mean, std = preprocessing.crop_pct, preprocessing.mean, preprocessing.std
     height, width, _ = (int(v) for v in classifier.inputs[0].shape[1:])
     num_classes = int(classifier.outputs[0].shape[-1])
     label_list, label_source = resolve_labels(plan["labels"], num_classes, plan["trained_labels"])
 
     samples, sample_source = verification_images(
-        plan["sample_files"], plan["sample_dir"], plan["num_samples"], (height, width), crop_pct
+        plan["sample_files"], plan["sample_dir"], plan["num_samples"], (height, width), crop_pct, mean, std
     )
     representative, representative_source = None, None
     if any(format_spec(f).needs_calibration for f in formats):
         representative, representative_source = calibration_images(
             plan["representative_files"], plan["representative_dir"], plan["representative_tfds"],
             plan["num_calibration"], (height, width), crop_pct, plan["tfds_data_dir"], plan["tfds_download"],
+            mean, std,
         )
     checks, reference_info = _checks(classifier, samples, plan)
 
@@ -367,10 +438,13 @@ def _export(source, classifier, plan, model_source, verbose):
     staging = ExportStaging(output_dir)  # removes what killed exports left here first
     try:
         say(f"keras_t2t.export: {classifier.name} ({height}x{width}, {num_classes} classes) -> {output_dir}")
+        say(f"  model: {model_source}")
+        say(f"  {preprocessing.describe()}", flush=True)
         saved_model_dir = None
         if any(f == SAVED_MODEL or format_spec(f).reads_saved_model for f in formats):
             saved_model_dir = _new_temp(staging.path, format_spec(SAVED_MODEL), temps)
-        sources = ExportSources(classifier, saved_model_dir, representative, plan["uint8_signature"], tuple(label_list))
+        sources = ExportSources(classifier, saved_model_dir, representative, plan["uint8_signature"],
+                                tuple(label_list), tuple(mean), tuple(std))
         rows = _write_verify_install(sources, checks, formats, staging.path, temps, say)
         for temp in temps:  # the SavedModel the converters read, when not itself exported; failed artifacts
             remove_path(temp)
@@ -388,7 +462,15 @@ def _export(source, classifier, plan, model_source, verbose):
                 "classes": num_classes,
                 "parameters": int(sum(int(np.prod(v.shape)) for v in source.weights)),
             },
-            samples={"source": sample_source, "count": len(samples), "crop_pct": float(crop_pct)},
+            preprocessing={
+                "image_size": [int(v) for v in preprocessing.image_size],
+                "crop_pct": float(crop_pct),
+                "mean": [float(v) for v in mean],
+                "std": [float(v) for v in std],
+                "source": preprocessing.source,
+            },
+            samples={"source": sample_source, "count": len(samples), "crop_pct": float(crop_pct),
+                     "preprocessing_source": preprocessing.source},
             representative=None
             if representative is None
             else {"source": representative_source, "count": len(representative)},
@@ -432,13 +514,15 @@ def _as_json(value):
     return value
 
 
-def export_in_tensorflow_process(model, output_dir, options, verbose):
+def export_in_tensorflow_process(model, output_dir, options, verbose, origin=None):
     """Runs ``export_model(model, output_dir, **options)`` in a TensorFlow child process; its report.
 
     ``model`` is a ``keras.Model`` (saved to a temporary ``.keras`` file first:
-    the file holds no backend code) or a path. The child
-    (``python -m keras_t2t.export.child REQUEST``) reads the model path and the
-    options from the JSON file ``REQUEST`` and writes the report, or the
+    the file holds no backend code; ``origin``, from ``origin_of``, then says what
+    it is and its preprocessing) or a handle ``keras_t2t.resolve`` reads, which
+    the child resolves again (its preprocessing with it). The child
+    (``python -m keras_t2t.export.child REQUEST``) reads the model, the options
+    and the origin from the JSON file ``REQUEST`` and writes the report, or the
     ``ExportError`` message, to the JSON file the request names.
     """
     with tempfile.TemporaryDirectory(prefix="keras_t2t_export_") as scratch:
@@ -454,6 +538,7 @@ def export_in_tensorflow_process(model, output_dir, options, verbose):
             "output_dir": os.fspath(output_dir),
             "options": {key: _as_json(value) for key, value in options.items()},
             "verbose": bool(verbose),
+            "origin": origin,
             "result": os.path.join(scratch, "result.json"),
         }
         request_path = os.path.join(scratch, "request.json")

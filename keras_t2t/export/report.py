@@ -21,7 +21,9 @@ class ExportReport(dict):
     ``top1_agreement_strict``, ``decisive_samples``, ``latency_ms``,
     ``tolerance``, ``passed``, ``error``), ``skipped`` (formats left out, with
     the option that adds them), ``verification`` (the top-1 rule and how many
-    samples were decisive), and what was compared on.
+    samples were decisive), ``preprocessing`` (the ``image_size``, ``crop_pct``,
+    ``mean`` and ``std`` the model is fed with, and their ``source``: its
+    preset, its training run, a flag, the defaults), and what was compared on.
     """
 
     @property

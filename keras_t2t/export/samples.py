@@ -1,7 +1,8 @@
 """The images an export is verified and calibrated on: a folder, a TFDS dataset, or scikit-learn's photographs.
 
 Every image goes through the evaluation transform (resize, center crop,
-normalise) at the model's input size.
+normalise) at the model's input size, with the crop and the mean and std of the
+model's preprocessing (``keras_t2t.resolve.Preprocessing``; ImageNet's by default).
 """
 
 import os
@@ -11,7 +12,8 @@ from PIL import Image
 
 from keras_t2t.data.images import (
     IMAGE_EXTENSIONS,
-    denormalize,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     eval_transform,
     load_image,
 )
@@ -49,15 +51,15 @@ def evenly_spaced(items, count):
     return [items[i] for i in index]
 
 
-def load_files(paths, image_hw, crop_pct):
+def load_files(paths, image_hw, crop_pct, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The files as one batch of normalised images; ExportError naming a file that cannot be read."""
     try:
-        return np.stack([load_image(p, image_size=image_hw, crop_pct=crop_pct) for p in paths])
+        return np.stack([load_image(p, image_size=image_hw, crop_pct=crop_pct, mean=mean, std=std) for p in paths])
     except ValueError as error:
         raise ExportError(str(error)) from error
 
 
-def builtin_sample_images(count, image_hw, crop_pct, seed=0):
+def builtin_sample_images(count, image_hw, crop_pct, seed=0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Deterministic square crops of the two photographs bundled with scikit-learn (no download)."""
     from sklearn.datasets import load_sample_images
 
@@ -72,11 +74,12 @@ def builtin_sample_images(count, image_hw, crop_pct, seed=0):
         crop = photo[top : top + side, left : left + side]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        out.append(eval_transform(Image.fromarray(np.ascontiguousarray(crop)), image_hw, crop_pct))
+        out.append(eval_transform(Image.fromarray(np.ascontiguousarray(crop)), image_hw, crop_pct, mean, std))
     return np.stack(out)
 
 
-def tfds_images(spec, count, image_hw, crop_pct, data_dir=None, download=False):
+def tfds_images(spec, count, image_hw, crop_pct, data_dir=None, download=False, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD):
     """``count`` images of a TFDS dataset ``NAME[:SPLIT]`` (split default ``train``), shuffled with a fixed seed."""
     try:
         import tensorflow_datasets as tfds
@@ -101,27 +104,30 @@ def tfds_images(spec, count, image_hw, crop_pct, data_dir=None, download=False):
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
-        images.append(eval_transform(Image.fromarray(image.astype(np.uint8)), image_hw, crop_pct))
+        images.append(eval_transform(Image.fromarray(image.astype(np.uint8)), image_hw, crop_pct, mean, std))
     if not images:
         raise ExportError(f"The TFDS dataset {spec!r} gave no images.")
     return np.stack(images)
 
 
-def verification_images(files, folder, count, image_hw, crop_pct):
+def verification_images(files, folder, count, image_hw, crop_pct, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """``(images, source)``: ``count`` of the folder's ``files``, or the built-in photographs without a folder."""
     if files:
-        return load_files(evenly_spaced(files, count), image_hw, crop_pct), os.path.abspath(folder)
-    return builtin_sample_images(count, image_hw, crop_pct), BUILTIN_SAMPLES
+        return load_files(evenly_spaced(files, count), image_hw, crop_pct, mean, std), os.path.abspath(folder)
+    return builtin_sample_images(count, image_hw, crop_pct, mean=mean, std=std), BUILTIN_SAMPLES
 
 
-def calibration_images(files, folder, tfds_spec, count, image_hw, crop_pct, tfds_data_dir=None, tfds_download=False):
+def calibration_images(files, folder, tfds_spec, count, image_hw, crop_pct, tfds_data_dir=None, tfds_download=False,
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """``(images, source)``: ``count`` of the folder's ``files``, or of the TFDS dataset ``tfds_spec``."""
     if files:
-        return load_files(evenly_spaced(files, count), image_hw, crop_pct), os.path.abspath(folder)
-    images = tfds_images(tfds_spec, count, image_hw, crop_pct, tfds_data_dir, tfds_download)
+        return load_files(evenly_spaced(files, count), image_hw, crop_pct, mean, std), os.path.abspath(folder)
+    images = tfds_images(tfds_spec, count, image_hw, crop_pct, tfds_data_dir, tfds_download, mean, std)
     return images, f"tfds:{tfds_spec}"
 
 
-def to_uint8(images):
-    """Normalised images back to the uint8 pixels they came from (for the uint8 signature)."""
-    return np.clip(np.round(denormalize(images)), 0, 255).astype(np.uint8)
+def to_uint8(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Normalised images (with ``mean``, ``std``) back to the uint8 pixels they came from (for the uint8 inputs)."""
+    images = np.asarray(images, dtype="float32")
+    pixels = (images * np.asarray(std, "float32") + np.asarray(mean, "float32")) * 255.0
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)

@@ -2,17 +2,18 @@
 
 import keras
 
-from keras_t2t.data.images import preprocess_input
-from keras_t2t.export.serving import INPUT_NAME, SIGNATURE, UINT8_SIGNATURE
+from keras_t2t.data.images import IMAGENET_MEAN, IMAGENET_STD
+from keras_t2t.export.serving import INPUT_NAME, SIGNATURE, UINT8_SIGNATURE, normalize_pixels
 from keras_t2t.layers import export_tracing
 
 
-def write_saved_model(classifier, path, uint8_signature=True):
+def write_saved_model(classifier, path, uint8_signature=True, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Writes ``classifier`` (from ``classifier_for_export``) as a SavedModel folder at ``path``.
 
-    Signatures: ``serving_default`` (float images normalised as by
-    ``keras_t2t.preprocess_input``) and, with ``uint8_signature``,
-    ``serving_uint8`` (uint8 RGB pixels, normalised inside). Any batch size.
+    Signatures: ``serving_default`` (float images normalised as the model
+    expects: by default ``keras_t2t.preprocess_input``) and, with
+    ``uint8_signature``, ``serving_uint8`` (uint8 RGB pixels, normalised inside
+    with ``mean`` and ``std`` of 0..1 pixels, ImageNet's by default). Any batch size.
     """
     import tensorflow as tf
 
@@ -25,7 +26,7 @@ def write_saved_model(classifier, path, uint8_signature=True):
         return classifier(images, training=False)
 
     def serve_uint8(images):
-        return classifier(preprocess_input(images), training=False)
+        return classifier(normalize_pixels(images, mean, std), training=False)
 
     with export_tracing(classifier):
         archive.add_endpoint(SIGNATURE, serve, input_signature=[tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)])

@@ -27,12 +27,10 @@ from keras_t2t.export.serving import INPUT_NAME, SIGNATURE, UINT8_SIGNATURE, run
 
 #: The conversions: ``tflite_<quantization>`` is the format name, ``model_<quantization>.tflite`` its file.
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
-#: The input normalisation of the float-input models on 0..255 pixels, as their metadata states it.
-PIXEL_MEAN = tuple(255.0 * m for m in IMAGENET_MEAN)
-PIXEL_STD = tuple(255.0 * s for s in IMAGENET_STD)
 
 
-def convert_tflite(saved_model_dir, quantization="float32", representative=None, pixels=False):
+def convert_tflite(saved_model_dir, quantization="float32", representative=None, pixels=False, mean=IMAGENET_MEAN,
+                   std=IMAGENET_STD):
     """The ``.tflite`` flatbuffer (bytes) of one signature of the SavedModel, without metadata.
 
     ``quantization`` is one of ``QUANTIZATIONS``: ``float32``; ``float16``
@@ -40,7 +38,8 @@ def convert_tflite(saved_model_dir, quantization="float32", representative=None,
     run time); ``int8`` (``keras_t2t.export.quantize``: int8 fully connected
     layers calibrated on ``representative``, normalised images one per row).
     ``pixels`` converts the ``serving_uint8`` signature (uint8 pixel input)
-    instead of ``serving_default`` (normalised float input).
+    instead of ``serving_default`` (normalised float input); ``mean`` and ``std``
+    are the normalisation of ``representative`` (to calibrate a ``pixels`` model on its pixels).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"Unknown TFLite quantization {quantization!r}; accepted: {', '.join(QUANTIZATIONS)}.")
@@ -53,7 +52,7 @@ def convert_tflite(saved_model_dir, quantization="float32", representative=None,
     if quantization == "int8":
         if representative is None:
             raise ValueError("The int8 conversion is calibrated on representative images; none were given.")
-        return quantize_int8(converter, to_uint8(representative) if pixels else representative)
+        return quantize_int8(converter, to_uint8(representative, mean, std) if pixels else representative)
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
@@ -63,10 +62,14 @@ def convert_tflite(saved_model_dir, quantization="float32", representative=None,
         return converter.convert()
 
 
-def with_metadata(content, name, image_hw, labels=None, pixels=False):
-    """``content`` (a ``.tflite``) with the classifier's metadata and, when given, ``labels.txt`` inside."""
+def with_metadata(content, name, image_hw, labels=None, pixels=False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """``content`` (a ``.tflite``) with the classifier's metadata and, when given, ``labels.txt`` inside.
+
+    A float-input model's metadata states its normalisation on 0..255 pixels: 255 x ``mean`` and ``std``
+    (the model's preprocessing, of 0..1 pixels).
+    """
     height, width = image_hw
-    normalization = None if pixels else (PIXEL_MEAN, PIXEL_STD)
+    normalization = None if pixels else (tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std))
     files = {}
     if labels is not None:
         files[LABELS_FILE] = "".join(f"{label}\n" for label in labels).encode("utf-8")
@@ -90,12 +93,16 @@ def write_tflite(path, sources, quantization, pixels=False):
         # The exported SavedModel leaves out serving_uint8: convert from one of our own that has it.
         with tempfile.TemporaryDirectory(prefix="keras_t2t_uint8_") as scratch:
             saved_model = os.path.join(scratch, "saved_model")
-            write_saved_model(sources.classifier, saved_model, uint8_signature=True)
-            content = convert_tflite(saved_model, quantization, sources.representative, pixels)
+            write_saved_model(sources.classifier, saved_model, uint8_signature=True, mean=sources.mean,
+                              std=sources.std)
+            content = convert_tflite(saved_model, quantization, sources.representative, pixels, sources.mean,
+                                     sources.std)
     else:
-        content = convert_tflite(sources.saved_model_dir, quantization, sources.representative, pixels)
+        content = convert_tflite(sources.saved_model_dir, quantization, sources.representative, pixels,
+                                 sources.mean, sources.std)
     image_hw = tuple(int(v) for v in sources.classifier.inputs[0].shape[1:3])
-    content = with_metadata(content, sources.classifier.name, image_hw, sources.labels, pixels)
+    content = with_metadata(content, sources.classifier.name, image_hw, sources.labels, pixels, sources.mean,
+                            sources.std)
     with open(path, "wb") as handle:
         handle.write(content)
 
@@ -184,10 +191,12 @@ def inspect_tflite(path, quantization):
 def tflite_runner(path):
     """``run(images) -> float32 logits`` through LiteRT's interpreter, on normalised float images.
 
-    The model's one signature is run. A model taking uint8 pixels gets the
-    pixels the images came from (``keras_t2t.export.samples.to_uint8``: exact
-    for images made by ``eval_transform`` from 8-bit pictures); a quantized
-    int8 input or output is (de)quantized with its scale and zero point.
+    The model's one signature is run. A model taking uint8 pixels is given
+    uint8 images as they are (the export verifies it on the pixels its samples
+    came from), and float images as the pixels they came from with ImageNet's
+    normalisation (``keras_t2t.export.samples.to_uint8``: exact for images made
+    by ``eval_transform`` from 8-bit pictures); a quantized int8 input or output
+    is (de)quantized with its scale and zero point.
     """
     from ai_edge_litert.interpreter import Interpreter
 
@@ -201,7 +210,7 @@ def tflite_runner(path):
     def run(images):
         x = images
         if takes_pixels:
-            x = to_uint8(images)
+            x = images if images.dtype == np.uint8 else to_uint8(images)
         elif input_detail["dtype"] != np.float32:
             scale, zero = input_detail["quantization"]
             info = np.iinfo(input_detail["dtype"])

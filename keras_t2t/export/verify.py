@@ -26,7 +26,9 @@ DEFAULT_DECISIVE_MARGIN = 0.1
 @dataclasses.dataclass(frozen=True)
 class Checks:
     """The sample images, the Keras model's logits on them (float64), and the pass criteria's options
-    (``decisive_margin``: see the module)."""
+    (``decisive_margin``: see the module). ``samples_uint8`` are the pixels the samples came from
+    (what the uint8 signatures and the pixel-input artifacts are fed); ``reference_uint8`` the Keras
+    model's logits on them, normalised as the model's preprocessing says."""
 
     samples: np.ndarray
     reference: np.ndarray
@@ -141,8 +143,10 @@ def size_mb(path):
 def verify_artifact(spec, path, checks):
     """The report rows of one written artifact (``spec`` an ``ExportFormat``), run in its own runtime."""
     try:
-        rows = [compare(spec.name, spec.file, spec.runner(path), checks.samples, checks.reference, spec.tolerance,
-                        checks)]
+        # A pixel-input artifact is fed the pixels the samples came from, and compared with the Keras
+        # model's logits on the samples themselves (``to_uint8`` is exact for 8-bit pictures).
+        inputs = checks.samples_uint8 if spec.takes_pixels else checks.samples
+        rows = [compare(spec.name, spec.file, spec.runner(path), inputs, checks.reference, spec.tolerance, checks)]
         if spec.uint8_runner is not None and checks.reference_uint8 is not None:
             rows.append(
                 compare(

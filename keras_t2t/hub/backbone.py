@@ -12,16 +12,19 @@ The input size is fixed (the position table has a row per token): a model that
 calls the backbone, a KerasHub segmenter say, must be given its ``image_shape``.
 """
 
+import inspect
+import json
 import math
 
 import keras
 from keras_hub.models import FeaturePyramidBackbone
 
 from keras_t2t import layers as t2t_layers
-from keras_t2t.layers import DEFAULT_T2T_STAGES, STUDY_BLOCKS
+from keras_t2t.layers import STUDY_BLOCKS
 from keras_t2t.models.base import block_arguments, check_keywords, positive_int, transformer_blocks
 from keras_t2t.models.t2t_vit import (
     BLOCK_TYPES,
+    T2TViT,
     check_dense_layout,
     dense_blocks,
     t2t_stem,
@@ -31,6 +34,14 @@ from keras_t2t.models.t2t_vit import (
 
 # The backbone's block types: the main family's, the SE and ghost studies', and the dense study.
 BACKBONE_BLOCK_TYPES = BLOCK_TYPES + ("dense",)
+# The architecture keywords of T2TViTBackbone, in order, with T2TViT's defaults (the dense
+# study's two have none there: they come with block_type="dense").
+ARCHITECTURE_DEFAULTS = {
+    key: inspect.signature(T2TViT.__init__).parameters[key].default
+    for key in ("t2t_type", "token_dim", "t2t_stages", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                "qk_scale", "drop_rate", "attn_drop_rate", "drop_path_rate", "t2t_dropout")
+}
+ARCHITECTURE_DEFAULTS.update(dense_stages=None, growth_rate=None)
 
 
 def pyramid_key(stride):
@@ -55,34 +66,20 @@ class T2TViTBackbone(FeaturePyramidBackbone):
         image_shape: ``(height, width, channels)``, any size the T2T stages split.
         t2t_type, token_dim, t2t_stages, embed_dim, depth, num_heads, mlp_ratio,
         qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, t2t_dropout:
-            as ``keras_t2t.T2TViT``.
+            as ``keras_t2t.T2TViT``, with its defaults (``ARCHITECTURE_DEFAULTS``).
         block_type: ``"standard"``, the studies' ``"se"``, ``"ghost"`` or ``"dense"``
             (with ``dense_stages`` and ``growth_rate``; ``depth`` is then ignored).
     """
 
-    def __init__(
-        self,
-        image_shape=(224, 224, 3),
-        t2t_type="performer",
-        token_dim=64,
-        t2t_stages=DEFAULT_T2T_STAGES,
-        embed_dim=384,
-        depth=14,
-        num_heads=6,
-        mlp_ratio=3.0,
-        qkv_bias=False,
-        qk_scale=None,
-        drop_rate=0.0,
-        attn_drop_rate=0.0,
-        drop_path_rate=0.0,
-        t2t_dropout=None,
-        block_type="standard",
-        dense_stages=None,
-        growth_rate=None,
-        dtype=None,
-        **kwargs,
-    ):
-        check_keywords(T2TViTBackbone, {k: v for k, v in kwargs.items() if k != "name"})
+    def __init__(self, image_shape=(224, 224, 3), block_type="standard", dtype=None, **kwargs):
+        # The architecture's keywords and defaults are keras_t2t.T2TViT's (ARCHITECTURE_DEFAULTS).
+        arch = dict(ARCHITECTURE_DEFAULTS)
+        arch.update({key: kwargs.pop(key) for key in list(kwargs) if key in ARCHITECTURE_DEFAULTS})
+        (t2t_type, token_dim, t2t_stages, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate,
+         attn_drop_rate, drop_path_rate, t2t_dropout, dense_stages, growth_rate) = (
+            arch[key] for key in ARCHITECTURE_DEFAULTS)
+        check_keywords(T2TViTBackbone, {k: v for k, v in kwargs.items() if k != "name"},
+                       accepted=ARCHITECTURE_DEFAULTS)
         kwargs.setdefault("name", "t2t_vit_backbone")
         if block_type not in BACKBONE_BLOCK_TYPES:
             raise ValueError(f"block_type must be one of {BACKBONE_BLOCK_TYPES}; got {block_type!r}.")
@@ -126,23 +123,18 @@ class T2TViTBackbone(FeaturePyramidBackbone):
         super().__init__(inputs=inputs, outputs=tokens, dtype=dtype, **kwargs)
 
         # === config ===
+        config = dict(
+            image_shape=list(image_shape), t2t_type=t2t_type, token_dim=token_dim,
+            t2t_stages=[list(s) for s in t2t_stages], embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=float(mlp_ratio), qkv_bias=bool(qkv_bias), qk_scale=None if qk_scale is None else float(qk_scale),
+            drop_rate=float(drop_rate), attn_drop_rate=float(attn_drop_rate), drop_path_rate=float(drop_path_rate),
+            t2t_dropout=None if t2t_dropout is None else float(t2t_dropout), block_type=block_type,
+            dense_stages=None if dense_stages is None else list(dense_stages), growth_rate=growth_rate)
+        self._architecture = config
+        for key, value in config.items():
+            setattr(self, key, value)
         self.image_shape = tuple(image_shape)
-        self.t2t_type = t2t_type
-        self.token_dim = token_dim
         self.t2t_stages = tuple(tuple(s) for s in t2t_stages)
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = float(mlp_ratio)
-        self.qkv_bias = bool(qkv_bias)
-        self.qk_scale = None if qk_scale is None else float(qk_scale)
-        self.drop_rate = float(drop_rate)
-        self.attn_drop_rate = float(attn_drop_rate)
-        self.drop_path_rate = float(drop_path_rate)
-        self.t2t_dropout = None if t2t_dropout is None else float(t2t_dropout)
-        self.block_type = block_type
-        self.dense_stages = None if dense_stages is None else tuple(dense_stages)
-        self.growth_rate = growth_rate
         # What the weight mapping and the classifier read.
         self.grid_size = grid
         self.num_features = width
@@ -169,33 +161,5 @@ class T2TViTBackbone(FeaturePyramidBackbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            image_shape=list(self.image_shape),
-            t2t_type=self.t2t_type,
-            token_dim=self.token_dim,
-            t2t_stages=[list(s) for s in self.t2t_stages],
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias,
-            qk_scale=self.qk_scale,
-            drop_rate=self.drop_rate,
-            attn_drop_rate=self.attn_drop_rate,
-            drop_path_rate=self.drop_path_rate,
-            t2t_dropout=self.t2t_dropout,
-            block_type=self.block_type,
-            dense_stages=None if self.dense_stages is None else list(self.dense_stages),
-            growth_rate=self.growth_rate,
-        )
+        config.update(json.loads(json.dumps(self._architecture)))  # plain lists, as saved in config.json
         return config
-
-
-def backbone_arguments(config, family):
-    """The registry row's ``config`` (and its model ``family``) as ``T2TViTBackbone`` keywords."""
-    args = dict(config)
-    if family == "t2t_vit_dense":
-        args["block_type"] = "dense"
-    if "input_shape" in args:
-        args["image_shape"] = args.pop("input_shape")
-    return args

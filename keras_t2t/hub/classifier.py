@@ -26,7 +26,14 @@ from keras_t2t.data.images import (
     resize_size,
 )
 from keras_t2t.hub.backbone import T2TViTBackbone
+from keras_t2t.models.base import check_keywords
 from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT
+
+
+# What KerasHub's Task and keras.Model take through **kwargs.
+TASK_KEYWORDS = ("name", "dtype", "trainable", "compile")
+# The interpolations keras.ops.image.resize offers.
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos3", "lanczos5", "area")
 
 
 class _Ops(typing.NamedTuple):
@@ -78,6 +85,8 @@ class T2TViTImageConverter(ImageConverter):
         for derived in ("scale", "offset", "crop_to_aspect_ratio", "pad_to_aspect_ratio"):
             kwargs.pop(derived, None)  # what ImageConverter's config holds; here they follow from the above
         image_size = as_hw(tuple(image_size) if isinstance(image_size, list) else image_size)
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}; got {interpolation!r}.")
         mean, std = _triple("mean", mean), _triple("std", std)
         super().__init__(
             image_size=image_size,
@@ -95,10 +104,18 @@ class T2TViTImageConverter(ImageConverter):
     def _call_python(self, inputs):
         ops_ = _tensorflow_ops() if type(inputs).__module__.startswith("tensorflow") else _KERAS_OPS
         x = ops_.convert_to_tensor(np.asarray(inputs) if isinstance(inputs, (list, tuple)) else inputs)
+        if len(x.shape) not in (3, 4) or x.shape[-1] not in (1, 3, None):
+            raise ValueError(
+                f"T2TViTImageConverter takes RGB pixels, (height, width, 3) or (batch, height, width, 3) (one "
+                f"grey channel is repeated); got shape {tuple(x.shape)}."
+            )
         unbatched = len(x.shape) == 3
         if unbatched:
             x = x[None]
         height, width = x.shape[1], x.shape[2]
+        if height == 0 or width == 0:
+            raise ValueError(f"T2TViTImageConverter takes (height, width, 3) pixels with a height and a width; got "
+                             f"empty images of shape {tuple(x.shape)}.")
         if height is None or width is None:
             raise ValueError(
                 "T2TViTImageConverter needs images of known height and width (got a batch of shape "
@@ -164,6 +181,7 @@ class T2TViTImageClassifier(ImageClassifier):
 
     def __init__(self, backbone, num_classes, preprocessor=None, pooling="token", activation=None, dropout=0.0,
                  token_labeling_head=False, head_dtype=None, **kwargs):
+        check_keywords(T2TViTImageClassifier, {k: v for k, v in kwargs.items() if k not in TASK_KEYWORDS})
         if not isinstance(backbone, T2TViTBackbone):
             raise TypeError(f"T2TViTImageClassifier needs a keras_t2t.T2TViTBackbone; got {type(backbone).__name__}.")
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:

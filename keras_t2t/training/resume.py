@@ -19,12 +19,11 @@ writers) are removed by the next run in the folder, which holds a lock on it
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import time
 
-from keras_t2t.io_utils import remove_path, remove_stale_temporaries, write_json_atomic
+from keras_t2t.io_utils import read_json_object, remove_path, remove_stale_temporaries, write_json_atomic
 
 RESUME_DIR = "resume"
 STATE_FILE = "train_state.json"
@@ -52,15 +51,11 @@ def read_state(output_dir):
     """The last committed state (a dict) of the run in ``output_dir``, or None when it has none."""
     path = os.path.join(resume_dir(output_dir), STATE_FILE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
+        return read_json_object(path, "The resume state")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
-        raise ValueError(f"The resume state {path!r} cannot be read ({error}); use another --output-dir.") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"The resume state {path!r} is not a training state; use another --output-dir.")
-    return state
+    except ValueError as error:
+        raise ValueError(f"{error}; it is not a training state this trainer can use: use another --output-dir.") from None
 
 
 def file_digest(path):

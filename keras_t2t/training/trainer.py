@@ -28,7 +28,7 @@ from keras_t2t.training import resume
 from keras_t2t.training.distribute import make_train_input, setup_distribution, shard_validation
 from keras_t2t.training.optimizers import build_optimizer, build_schedule
 from keras_t2t.builders import create_model, list_models
-from keras_t2t.hub.presets import save_preset
+from keras_t2t.hub.preset_files import save_preset
 from keras_t2t.io_utils import check_output_folder, write_json_atomic
 from keras_t2t.models.presets import get_preset
 from keras_t2t.resolve import check_weights_handle, load_weights_into

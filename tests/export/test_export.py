@@ -261,8 +261,10 @@ def test_a_corrupted_model_file_is_a_clear_error_and_writes_nothing(tmp_path, ti
     broken = tmp_path / "broken.keras"
     with open(tiny_keras_file, "rb") as handle:
         broken.write_bytes(handle.read()[:5000])  # a truncated zip
-    with pytest.raises(ExportError, match=r"Cannot load the model .*broken\.keras"):
+    not_readable = r"Cannot load the model: '.*broken\.keras' is not a readable '\.keras' model file"
+    with pytest.raises(ExportError, match=not_readable) as caught:
         export_model(str(broken), tmp_path / "out", formats="tflite_float32")
+    assert "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()
 
 

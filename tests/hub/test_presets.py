@@ -31,7 +31,7 @@ MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
 def _assert_logits_close(got, want):
-    got, want = np.asarray(got, "float64"), np.asarray(want, "float64")
+    got, want = np.asarray(keras.ops.convert_to_numpy(got), "float64"), np.asarray(want, "float64")
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= RTOL * np.abs(want).max(), np.abs(got - want).max()
 
