@@ -157,13 +157,17 @@ def resolve_model(handle, weights=None, **build_kwargs):
     model = create_model(handle, weights=weights, **build_kwargs)
     if weights is not None and is_weights_tag(weights):
         row = release_for(handle, weights)
-        size, crop_pct = presets.release_preprocessing(row)
-        preprocessing = Preprocessing((size, size), crop_pct, source=f"the authors' evaluation of {handle}:{row.tag}")
+        _, crop_pct = presets.release_preprocessing(row)
+        preprocessing = Preprocessing(_input_hw(model), crop_pct,
+                                      source=f"the authors' evaluation of {handle}:{row.tag}")
         folder = preset_cache_folder(handle, row.tag)
         return Resolved(model, preprocessing, f"{handle} with its {row.tag!r} weights (the preset "
                                               f"{handle}_{row.tag}, {folder})")
     source = os.path.abspath(weights) if weights is not None else "random weights"
-    return Resolved(model, _default(model, handle), f"{handle} ({source})")
+    found = preset_folder_preprocessing(weights) if weights is not None and is_preset_folder(weights) else None
+    if found is not None:
+        found = dataclasses.replace(found, image_size=_input_hw(model))
+    return Resolved(model, found or _default(model, handle), f"{handle} ({source})")
 
 
 def check_weights_handle(weights, model_name=None):

@@ -371,3 +371,16 @@ def test_the_evaluator_scores_a_trained_model_as_the_trainer_did_with_no_flags(d
                               os.path.join(digits_dir, "val"), "--no-progress", "--crop-pct", "0.9"]) == 0
     assert "crop_pct 0.9, ImageNet mean/std (from --crop-pct 0.9, the rest from the training run's preset" in (
         capsys.readouterr().out)
+
+
+def test_a_release_preset_name_as_model_is_that_model_starting_from_those_weights(capsys, tmp_path):
+    assert train_cli.main(["--output-dir", str(tmp_path), "--dataset", "cifar10", "--model", "t2t_vit_7_imagenet",
+                           "--print-recipe"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "t2t_vit_7"
+    args = train_cli.build_parser().parse_args(["--output-dir", str(tmp_path), "--model", "t2t_vit_14_cifar10"])
+    train_cli._model_from_preset_name(args)
+    assert (args.model, args.weights) == ("t2t_vit_14", "t2t_vit_14_cifar10")
+    args = train_cli.build_parser().parse_args(["--output-dir", str(tmp_path), "--model", "t2t_vit_14_cifar10",
+                                                "--weights", "mine.pth"])
+    train_cli._model_from_preset_name(args)
+    assert (args.model, args.weights) == ("t2t_vit_14", "mine.pth")
