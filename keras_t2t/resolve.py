@@ -23,6 +23,7 @@ import os
 
 from keras_t2t.builders import create_model, from_checkpoint
 from keras_t2t.data.images import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, as_hw
+from keras_t2t.evaluation import model_input_hw
 from keras_t2t.hub import preset_files, presets
 from keras_t2t.models.presets import MODELS, unknown_model_error
 from keras_t2t.weights.loading import CHECKPOINT_SUFFIXES, is_checkpoint_path, load_any_weights, read_keras_file
@@ -102,10 +103,7 @@ def run_preprocessing(model_path):
 
 
 def _input_hw(model):
-    shape = getattr(model, "input_shape", None)
-    if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[2]:
-        return int(shape[1]), int(shape[2])
-    return 224, 224
+    return model_input_hw(model) or (224, 224)
 
 
 def _default(model, what):
