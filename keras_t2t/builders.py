@@ -108,20 +108,20 @@ def build_model(
             if size is not None:
                 # Build at the resolution the weights were trained at (the 384 checkpoint).
                 input_shape = (size[0], size[1], 3)
-        if state is not None or os.fspath(weights).endswith(".h5"):
+        if state is not None:
             head = loading.saved_head(weights, state)
+    follow_h5_head = classes is None and include_top and weights is not None and os.fspath(weights).endswith(".h5")
     classes = _follow_weights_head(classes, include_top, head, config)
     if input_shape is None and preset.image_size != 224:
         input_shape = (preset.image_size, preset.image_size, 3)
-    model = model_class(
-        input_shape=input_shape,
-        include_top=include_top,
-        classes=classes,
-        pooling=pooling,
-        classifier_activation=classifier_activation,
-        name=name or model_name,
-        **config,
-    )
+    build = functools.partial(model_class, input_shape=input_shape, include_top=include_top, pooling=pooling,
+                              classifier_activation=classifier_activation, name=name or model_name, **config)
+    model = build(classes=classes)
+    if follow_h5_head:
+        # A '.weights.h5' file names nothing: its head is the tensor at the place of this model's head.
+        file_classes, _ = loading.saved_head(weights, model=model)
+        if file_classes and file_classes != classes:
+            model = build(classes=file_classes)
     if weights is not None:
         if os.path.isdir(weights):
             report = preset_files.load_into_classic(model, weights)

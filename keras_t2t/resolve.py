@@ -155,8 +155,8 @@ def resolve_model(handle, weights=None, **build_kwargs):
     model = create_model(handle, weights=weights, **build_kwargs)
     if weights is not None and is_weights_tag(weights):
         row = release_for(handle, weights)
-        _, crop_pct = presets.release_preprocessing(row)
-        preprocessing = Preprocessing(_input_hw(model), crop_pct,
+        _, crop_pct, mean, std, _ = presets.release_preprocessing(row)
+        preprocessing = Preprocessing(_input_hw(model), crop_pct, tuple(mean), tuple(std),
                                       source=f"the authors' evaluation of {handle}:{row.tag}")
         folder = preset_cache_folder(handle, row.tag)
         return Resolved(model, preprocessing, f"{handle} with its {row.tag!r} weights (the preset "

@@ -83,15 +83,20 @@ def architecture(model):
 
 
 def make_preprocessor(preprocessing):
-    """A ``T2TViTImageClassifierPreprocessor`` for ``(image_size, crop_pct[, mean, std])``, or None."""
+    """A ``T2TViTImageClassifierPreprocessor`` for ``(image_size, crop_pct[, mean, std[, interpolation]])``,
+    or None."""
     if preprocessing is None:
         return None
     try:
-        size, crop_pct, *norm = preprocessing
+        size, crop_pct, *rest = preprocessing
+        if len(rest) not in (0, 2, 3):
+            raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"preprocessing must be (image_size, crop_pct[, mean, std]); got {preprocessing!r}.") from None
-    mean, std = norm if norm else (IMAGENET_MEAN, IMAGENET_STD)
-    converter = T2TViTImageConverter(image_size=size, crop_pct=crop_pct, mean=mean, std=std)
+        raise ValueError(f"preprocessing must be (image_size, crop_pct[, mean, std[, interpolation]]); got "
+                         f"{preprocessing!r}.") from None
+    mean, std, interpolation = (*rest, *(IMAGENET_MEAN, IMAGENET_STD, "bicubic")[len(rest):])
+    converter = T2TViTImageConverter(image_size=size, crop_pct=crop_pct, mean=mean, std=std,
+                                     interpolation=interpolation)
     return T2TViTImageClassifierPreprocessor(image_converter=converter)
 
 

@@ -16,7 +16,7 @@ Reading and writing preset folders (``save_preset``, ``load_classic``, ...) live
 import difflib
 import os
 
-from keras_t2t.data.images import DEFAULT_CROP_PCT
+from keras_t2t.data.images import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from keras_t2t.hub.backbone import T2TViTBackbone
 from keras_t2t.hub.classifier import T2TViTImageClassifier
 from keras_t2t.hub.preset_files import (
@@ -28,15 +28,18 @@ from keras_t2t.hub.preset_files import (
     save_preset,
     stale_patterns,
 )
-from keras_t2t.io_utils import check_output_folder, remove_stale_temporaries
+from keras_t2t.io_utils import check_output_folder, read_json_object, remove_stale_temporaries
 from keras_t2t.models.presets import get_preset, list_weights
 from keras_t2t.weights import pretrained
 from keras_t2t.weights.loading import load_state_dict
 from keras_t2t.weights.mapping import model_state_dict
 
-# The authors evaluate every ImageNet release with crop_pct 0.9 at its own size (spec section 11);
-# their transfer_learning.py feeds CIFAR's 32x32 images resized whole to 224.
-TAG_CROP_PCT = {"cifar10": 1.0, "cifar100": 1.0}
+# The authors evaluate every ImageNet release with crop_pct 0.9 at its own size (spec section 11). Their
+# transfer_learning.py tests the CIFAR fine-tunes on the 32x32 images resized whole to 224 (torchvision's
+# Resize: bilinear, no crop) and normalised with CIFAR's own mean and std.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+TAG_PREPROCESSING = {tag: (1.0, CIFAR_MEAN, CIFAR_STD, "bilinear") for tag in ("cifar10", "cifar100")}
 
 
 def _release_presets():
@@ -63,8 +66,9 @@ def preset_release(name):
 
 
 def release_preprocessing(row):
-    """(image_size, crop_pct) the authors evaluate a release with."""
-    return row.image_size, TAG_CROP_PCT.get(row.tag, DEFAULT_CROP_PCT)
+    """(image_size, crop_pct, mean, std, interpolation) the authors evaluate a release with."""
+    return (row.image_size, *TAG_PREPROCESSING.get(row.tag, (DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD,
+                                                              "bicubic")))
 
 
 def preset_folder(name):
@@ -88,6 +92,21 @@ def _problem(folder):
     return problem
 
 
+def _other_preprocessing(folder, row):
+    """Why the cached preset's preprocessing is not the release's (an older conversion), or None."""
+    try:
+        converter = read_json_object(os.path.join(folder, "preprocessor.json"), "preprocessor")
+        converter = converter["config"]["image_converter"]["config"]
+        saved = (float(converter["crop_pct"]), tuple(converter["mean"]), tuple(converter["std"]),
+                 converter["interpolation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holds no readable preprocessing"
+    _, crop_pct, mean, std, interpolation = release_preprocessing(row)
+    if saved != (crop_pct, tuple(mean), tuple(std), interpolation):
+        return "holds another preprocessing than the release's (an older conversion)"
+    return None
+
+
 def convert_release(name, build=None):
     """``(folder, model or None)``: the preset's folder, and the model built to convert it (first time only).
 
@@ -100,7 +119,7 @@ def convert_release(name, build=None):
     parent = os.path.dirname(folder)
     if os.path.isdir(parent):  # what killed conversions or replacements left, whatever their age
         remove_stale_temporaries(parent, stale_patterns(folder), older_than=0.0)
-    problem = _problem(folder)
+    problem = _problem(folder) or _other_preprocessing(folder, row)
     if problem is None:
         return folder, None
     if problem != "missing":
@@ -114,10 +133,10 @@ def convert_release(name, build=None):
     arch = dict(preset.config, image_shape=(row.image_size, row.image_size, 3))
     if preset.family == "t2t_vit_dense":
         arch["block_type"] = "dense"
-    size, crop_pct = release_preprocessing(row)
+    preprocessing = release_preprocessing(row)
     print(f"keras_t2t: converting {os.path.basename(checkpoint)} into the KerasHub preset {folder}")
     model = (build or _build_classifier)(row.model, arch, row.classes, "aux_head.weight" in state,
-                                         make_preprocessor((size, crop_pct)))
+                                         make_preprocessor(preprocessing))
     load_state_dict(model, state)
     metadata = {
         "keras_t2t_preset": name,
@@ -129,7 +148,7 @@ def convert_release(name, build=None):
         "top1": row.top1,
         "top1_source": "the authors' reported top-1 (ImageNet-1k val, or the CIFAR test set)",
     }
-    return save_preset(model, folder, preprocessing=(size, crop_pct), metadata=metadata,
+    return save_preset(model, folder, preprocessing=preprocessing, metadata=metadata,
                        checked=CHECKED_FILES), model
 
 
@@ -176,7 +195,8 @@ def at_image_shape(model, image_shape):
     preprocessor = model.preprocessor
     if preprocessor is not None:
         converter = preprocessor.image_converter
-        preprocessor = make_preprocessor((tuple(image_shape[:2]), converter.crop_pct, converter.mean, converter.std))
+        preprocessor = make_preprocessor((tuple(image_shape[:2]), converter.crop_pct, converter.mean, converter.std,
+                                          converter.interpolation))
     new = T2TViTImageClassifier(T2TViTBackbone(name=backbone.name, dtype=backbone.dtype_policy, **arch),
                                 model.num_classes, preprocessor=preprocessor, pooling=model.pooling,
                                 activation=model.activation, token_labeling_head=model.token_labeling_head,

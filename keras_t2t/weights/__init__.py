@@ -6,7 +6,8 @@ and normalises its state dict (``normalize_state_dict``: DataParallel's
 ``module.`` prefix off); ``detect`` tells which registry row the shapes are;
 ``keras_t2t.builders`` builds that row; ``loading`` assigns the weights through
 ``mapping``, the one table between this package's variables and the authors'
-keys and layouts (position-table resize and head handling included).
+keys and layouts (position-table resize and head handling included). This
+package's own ``.weights.h5`` files load through Keras (``keras_weights``).
 """
 
 from keras_t2t.weights.detect import (
@@ -16,11 +17,11 @@ from keras_t2t.weights.detect import (
     detect_variant,
     weight_overrides,
 )
+from keras_t2t.weights.keras_weights import h5_mismatches, saved_classes, tensor_tree
 from keras_t2t.weights.loading import (
     CHECKPOINT_SUFFIXES,
     NonFiniteWeightsWarning,
     describe_nonfinite,
-    h5_mismatches,
     is_checkpoint_path,
     load_any_weights,
     load_state_dict,
@@ -74,7 +75,9 @@ __all__ = [
     "read_keras_file",
     "read_state_dict",
     "resize_pos_embed",
+    "saved_classes",
     "saved_head",
+    "tensor_tree",
     "to_torch_layout",
     "torch_key",
     "torch_shape",

@@ -4,8 +4,8 @@
 layout of ``keras_t2t.weights.mapping``): the authors' ``.pth``/``.pth.tar``
 checkpoints through the safe reader (``keras_t2t.weights.torch_pickle``), a
 ``.keras`` file through its model. ``load_state_dict`` assigns such a dict;
-``load_weights`` does both, and loads a ``.weights.h5`` file through a twin of
-the model built at the file's own size. ViTs load this package's own files only
+``load_weights`` does both, and loads a ``.weights.h5`` file through Keras
+(``keras_t2t.weights.keras_weights``: checked against what Keras writes for the model). ViTs load this package's own files only
 (``load_vit_weights``); ``load_any_weights`` picks the right one.
 
 Every load is exact: weights the model has and the file lacks, or the file has
@@ -15,15 +15,12 @@ NaN or Inf load with a ``NonFiniteWeightsWarning`` naming the tensors.
 """
 
 import os
-import re
 import warnings
 import zipfile
 
-import h5py
 import keras
 import numpy as np
 
-from keras_t2t.models.base import square_size_for_grid
 from keras_t2t.weights.detect import checkpoint_head
 from keras_t2t.weights.mapping import (
     checkpoint_filter_fn,
@@ -31,9 +28,9 @@ from keras_t2t.weights.mapping import (
     describe_skipped,
     few_names,
     model_state_dict,
-    square_grid,
     variable_map,
 )
+from keras_t2t.weights.keras_weights import DIFFERENCES, load_keras_weights, saved_classes
 from keras_t2t.weights.torch_pickle import load_state_dict_file
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
@@ -194,136 +191,23 @@ def _keras_file_problem(path):
     return None
 
 
-def _h5_dataset_shapes(path):
-    shapes = {}
-    try:
-        with h5py.File(path, "r") as handle:
-            handle.visititems(lambda name, obj: shapes.__setitem__(name, obj.shape) if hasattr(obj, "shape") else None)
-    except OSError as error:
-        raise ValueError(f"{path!r} is not a readable Keras '.weights.h5' file ({error}); {ACCEPTED_FILES}.") from error
-    return shapes
-
-
-def _snake_case(name):
-    """A class name as Keras names its group in a weights file (``keras.src.utils.naming.to_snake_case``)."""
-    name = re.sub(r"\W+", "", name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def _layer_groups(model):
-    """{group of a Keras weights file: (layer, sorted shapes)} for ``model``'s top-level layers with weights.
-
-    Keras names each group after the layer's class, numbered in ``model.layers`` order
-    (``transformer_block``, ``transformer_block_1``, ...), layers without weights included.
-    """
-    groups, seen = {}, {}
-    for layer in model.layers:
-        base = _snake_case(type(layer).__name__)
-        seen[base] = seen.get(base, -1) + 1
-        if layer.weights:
-            name = base if seen[base] == 0 else f"{base}_{seen[base]}"
-            groups[name] = (layer, sorted(tuple(int(n) for n in v.shape) for v in layer.weights))
-    return groups
-
-
-def h5_mismatches(model, path, shapes=None):
-    """{kind: names} of what a Keras weights file and ``model`` do not share, by top-level layer; {} if they fit.
-
-    Kinds as ``WeightLoadReport["skipped"]``: "missing" (``model``'s layers the file lacks),
-    "unexpected" (the file's groups ``model`` lacks), "mismatched" (layers whose weights
-    differ in number or shape). Groups other than the model's layers (an optimizer's) are ignored.
-    """
-    shapes = _h5_dataset_shapes(path) if shapes is None else shapes
-    in_file = {}
-    for name, shape in shapes.items():
-        parts = name.split("/")
-        if parts[0] == "layers" and len(parts) > 2:
-            in_file.setdefault(parts[1], []).append(tuple(int(n) for n in shape))
-    groups = _layer_groups(model)
-    found = {
-        "missing": [layer.name for group, (layer, _) in groups.items() if group not in in_file],
-        "unexpected": [f"layers/{group} ({len(in_file[group])} tensors)" for group in sorted(in_file)
-                       if group not in groups],
-        "mismatched": [f"{layer.name} (the file's {group}: {len(in_file[group])} tensors)"
-                       for group, (layer, model_shapes) in groups.items()
-                       if group in in_file and sorted(in_file[group]) != model_shapes],
-    }
-    return {kind: names for kind, names in found.items() if names}
-
-
-# How a refusal names each kind of ``h5_mismatches``.
-_H5_KINDS = {
-    "missing": "the model's layers the file lacks",
-    "unexpected": "the file's layers the model lacks",
-    "mismatched": "layers whose weights differ",
-}
-
-
-def _refuse_h5_mismatches(path, mismatches, about, what="model"):
-    parts = [f"{_H5_KINDS[kind]}: {few_names(names)}" for kind, names in mismatches.items()]
-    raise ValueError(
-        f"{path!r} does not fit this {what} ({about}): its weights do not cover the model exactly "
-        f"({'; '.join(parts)}). Build the model the file was saved from, or pass skip_mismatch=True to load "
-        "the weights that fit and keep the model's own for the rest."
-    )
-
-
-def _load_h5_leniently(model, path):
-    """Keras' ``load_weights(skip_mismatch=True)``, its own warnings replaced by ours (the callers')."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.load_weights(path, skip_mismatch=True)
-
-
-def _h5_heads(shapes):
-    """The (features, classes) kernel shapes of the top-level Dense layers of a '.weights.h5' file.
-
-    Keras names the file's groups after the layer classes, so these are the model's
-    head and, with ``token_labeling_head``, its ``aux_head`` (same shape).
-    """
-    return [s for name, s in shapes.items() if re.fullmatch(r"layers/dense(_\d+)?/vars/0", name) and len(s) == 2]
-
-
-def saved_head(path, state_dict=None):
+def saved_head(path, state_dict=None, model=None):
     """(classes, token_labeling) of the head a weights file holds; (None, False) without one.
 
     ``classes`` is the class count, ``token_labeling`` whether Token Labeling's
     ``aux_head`` is there too. ``state_dict``: what ``read_state_dict`` gave for
-    ``path`` (saves reading it again).
+    ``path`` (saves reading it again). A ``.weights.h5`` file holds no names of its
+    own: its head is the one at the place of ``model``'s head (``saved_classes``).
     """
     path = os.fspath(path)
     if state_dict is None and path.endswith(".h5"):
-        heads = _h5_heads(_h5_dataset_shapes(path))
-        return (int(heads[0][1]) if heads else None), len(heads) > 1
+        if model is None:
+            raise ValueError(f"{path!r} is a '.weights.h5' file: its head is read at the place of a model's head; "
+                             "pass model=.")
+        return saved_classes(model, path), False
     if state_dict is None:
         state_dict, _ = read_state_dict(path)
     return checkpoint_head(state_dict)
-
-
-def _twin_for_h5(model, path):
-    """A model of ``model``'s config at the image size and class count the h5 file was saved with."""
-    shapes = _h5_dataset_shapes(path)
-    # Keras names the file's groups after the layer classes: the position table is the
-    # one variable of the SinusoidPositionEmbedding, the head the model's only top-level Dense.
-    pos = [s for name, s in shapes.items() if re.search(r"position_embedding/vars/0$", name) and len(s) == 3]
-    if not pos:
-        raise ValueError(f"{path!r} holds no T2T-ViT position table; is it a keras_t2t weights file?")
-    config = model.get_config()
-    num_tokens = pos[0][1] - 1
-    if num_tokens != model.num_tokens:
-        old = square_grid(num_tokens, model)
-        size = square_size_for_grid(old[0], model.t2t_stages)
-        if size is None:
-            raise ValueError(f"No image size gives the {old[0]}x{old[1]} grid of {path!r}.")
-        config["input_shape"] = [size, size, model.image_shape[2]]
-    heads = _h5_heads(shapes)
-    config["include_top"] = bool(heads)
-    config["token_labeling_head"] = len(heads) > 1
-    if heads:
-        config["classes"] = int(heads[0][1])
-    config.pop("name", None)
-    return type(model).from_config(config)
 
 
 def load_weights(model, path, prefer_ema=True, which=None, skip_mismatch=False):
@@ -334,29 +218,22 @@ def load_weights(model, path, prefer_ema=True, which=None, skip_mismatch=False):
     position table), unless ``skip_mismatch`` (see ``load_state_dict``).
     """
     path = os.fspath(path)
-    if path.endswith(".h5"):  # .weights.h5 included
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Weights file {path!r} does not exist.")
-        twin = _twin_for_h5(model, path)
-        mismatches = h5_mismatches(twin, path)
-        if not mismatches:
-            twin.load_weights(path)
-            return load_state_dict(model, model_state_dict(twin))
-        if not skip_mismatch:
-            _refuse_h5_mismatches(path, mismatches, describe_model(model))
-        _load_h5_leniently(twin, path)
-        # Only the layers the file really held: the twin's others are as fresh as the model's own.
-        layer_of = {key: variable.path.split("/")[0] for key, (variable, _) in variable_map(twin).items()}
-        mismatched = {name.split(" ")[0] for name in mismatches.get("mismatched", [])}
-        left_out = mismatched | set(mismatches.get("missing", []))
-        state = {key: value for key, value in model_state_dict(twin).items() if layer_of[key] not in left_out}
-        file_skipped = {
-            "unexpected": mismatches.get("unexpected", []),
-            "mismatched": sorted(key for key, layer in layer_of.items() if layer in mismatched),
-        }
-        return _assign(model, state, True, file_skipped)
+    if path.endswith(".h5"):  # .weights.h5 included: through Keras (keras_t2t.weights.keras_weights)
+        return _load_h5(model, path, skip_mismatch, describe_model(model))
     state, _ = read_state_dict(path, prefer_ema=prefer_ema, which=which)
     return load_state_dict(model, state, skip_mismatch=skip_mismatch)
+
+
+def _load_h5(model, path, skip_mismatch, about):
+    """``load_keras_weights``, then the warnings every load gives: what was skipped, NaN or Inf loaded."""
+    report = load_keras_weights(model, path, skip_mismatch=skip_mismatch, about=about)
+    # A T2T-ViT's tensors are named by the authors' keys, as every other load of one names them.
+    keys = ({variable.path: key for key, (variable, _) in variable_map(model).items()}
+            if getattr(model, "t2t_type", None) is not None else {})
+    warn_nonfinite({keys.get(v.path, v.path): keras.ops.convert_to_numpy(v) for v in model.weights})
+    if report["skipped"]:
+        warnings.warn(f"keras_t2t: {describe_skipped(report['skipped'])}.", stacklevel=4)
+    return report
 
 
 def load_vit_weights(model, path, skip_mismatch=False):
@@ -374,18 +251,8 @@ def load_vit_weights(model, path, skip_mismatch=False):
     about = (f"{model.name}: patch {model.patch_size}, embed_dim {model.embed_dim}, depth {model.depth}, "
              f"{model.image_shape[0]}x{model.image_shape[1]}")
     if path.endswith(".weights.h5"):
-        mismatches = h5_mismatches(model, path)
-        if mismatches and not skip_mismatch:
-            _refuse_h5_mismatches(path, mismatches, about, "ViT")
-        try:
-            if mismatches:
-                _load_h5_leniently(model, path)
-            else:
-                model.load_weights(path)
-        except ValueError as error:
-            raise ValueError(f"{path!r} does not fit this ViT ({about}): {error}") from error
-        warn_nonfinite({v.path: keras.ops.convert_to_numpy(v) for v in model.weights})
-        return _skipped_report("loaded as saved (same configuration)", mismatches)
+        report = _load_h5(model, path, skip_mismatch, about)
+        return str(report) if report["skipped"] or report["head_dropped"] else "loaded as saved (same configuration)"
     if path.endswith(".keras"):
         saved = read_keras_file(path)
         if getattr(saved, "patch_size", None) is None:
@@ -394,7 +261,7 @@ def load_vit_weights(model, path, skip_mismatch=False):
         if mismatches and not skip_mismatch:
             raise ValueError(
                 f"{path!r} does not fit this ViT ({about}): "
-                + "; ".join(f"{_H5_KINDS[kind]}: {few_names(names)}" for kind, names in mismatches.items())
+                + "; ".join(f"{DIFFERENCES[kind]}: {few_names(names)}" for kind, names in mismatches.items())
                 + ". Build the ViT with the saved configuration, or pass skip_mismatch=True to load the "
                 "layers that fit."
             )

@@ -148,6 +148,24 @@ def test_preprocessor_is_the_authors_evaluation_transform(cached):
     assert (converter.image_size, converter.crop_pct) == ((224, 224), 0.9)
 
 
+def test_a_cifar_release_preprocesses_as_the_authors_transfer_learning_test_set():
+    # The authors' transfer_learning.py: Resize(224) of the 32x32 image (bilinear, no crop), ToTensor,
+    # Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)); written here with PIL.
+    row = presets.preset_release("t2t_vit_14_cifar10")
+    preprocessor = presets.make_preprocessor(presets.release_preprocessing(row))
+    yy, xx = np.mgrid[0:32, 0:32]
+    pixels = np.stack([128 + 90 * np.sin(xx / 5.0), 128 + 90 * np.cos(yy / 4.0), 40 + 4 * (xx + yy)],
+                      axis=-1).astype("uint8")
+    resized = np.asarray(Image.fromarray(pixels).resize((224, 224), Image.BILINEAR), "float64") / 255.0
+    want = (resized - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2023, 0.1994, 0.2010])
+    got = keras.ops.convert_to_numpy(preprocessor(pixels[None]))[0]
+    assert got.shape == (224, 224, 3)
+    # 8-bit PIL output against float resizing: within a level or so, i.e. ~0.02 after the std of ~0.2.
+    assert np.abs(got - want).mean() < 0.05, np.abs(got - want).mean()
+    converter = preprocessor.image_converter
+    assert converter.crop_pct == 1.0 and converter.interpolation == "bilinear"
+
+
 def test_saved_preset_loads_through_kerashub_in_a_fresh_process(cached, tmp_path):
     model = keras_t2t.T2TViTImageClassifier.from_preset("t2t_vit_7_imagenet")
     folder = str(tmp_path / "mine")

@@ -311,6 +311,26 @@ def test_a_changed_preprocessor_in_the_cache_is_not_trusted(release_home):
         assert json.load(handle)["config"]["image_converter"]["config"]["crop_pct"] == 0.9
 
 
+def test_an_older_conversion_with_another_preprocessing_is_converted_again(release_home, capsys):
+    # What an earlier version wrote: consistent with its own record, but not the release's transform.
+    path = os.path.join(release_home, "preprocessor.json")
+    with open(path) as handle:
+        config = json.load(handle)
+    config["config"]["image_converter"]["config"]["mean"] = [0.5, 0.5, 0.5]
+    with open(path, "w") as handle:
+        json.dump(config, handle)
+    meta_path = os.path.join(release_home, "metadata.json")
+    with open(meta_path) as handle:
+        meta = json.load(handle)
+    meta["files_sha256"]["preprocessor.json"] = pretrained.sha256_of(path)
+    with open(meta_path, "w") as handle:
+        json.dump(meta, handle)
+    presets.preset_folder(T7_PRESET)
+    assert "holds another preprocessing than the release's" in capsys.readouterr().out
+    with open(path) as handle:
+        assert json.load(handle)["config"]["image_converter"]["config"]["mean"] == [0.485, 0.456, 0.406]
+
+
 def test_a_cache_metadata_that_is_no_object_is_converted_again(release_home):
     with open(os.path.join(release_home, "metadata.json"), "w") as handle:
         handle.write("[]")

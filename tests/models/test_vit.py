@@ -177,7 +177,7 @@ def test_weights_load_from_own_files_only(images, tmp_path, one_torch_thread):
     with pytest.raises(ValueError, match=r"own '.weights.h5' or '.keras' files only.*timm's\) ViT checkpoints"):
         load_vit_weights(three, str(tmp_path / "vit.pth.tar"))
     wider = create_vit("vit_mini", **dict(kwargs, embed_dim=32))
-    with pytest.raises(ValueError, match="does not fit this ViT"):
+    with pytest.raises(ValueError, match="does not fit this model .vit_mini: patch 2, embed_dim 32"):
         load_vit_weights(wider, str(tmp_path / "a.weights.h5"))
     with pytest.raises(ValueError, match=r"layer 'patch_embed' has weights"):
         load_vit_weights(wider, str(tmp_path / "a.keras"))
