@@ -12,7 +12,8 @@ from keras_t2t.backends import refuse_unknown_backend
 
 refuse_unknown_backend()
 
-from keras_t2t.builders import BUILDERS, create_model, from_checkpoint, list_models, list_variants
+from keras_t2t.applications import BUILDERS, create_model, from_checkpoint
+from keras_t2t.builders import list_models, list_variants
 from keras_t2t.data.imagenet import decode_predictions
 from keras_t2t.data.images import preprocess_input
 from keras_t2t.hub import (

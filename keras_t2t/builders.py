@@ -1,17 +1,17 @@
-"""Models by name: ``create_model``, ``list_models``, ``from_checkpoint`` and the public builders.
+"""How a model of the registry is built and its weights loaded: ``build_model`` (a name and the
+``keras.applications`` keywords) and ``checkpoint_model`` (any weights file, the variant detected).
 
-Every name of the registry (``keras_t2t.models.presets``) gets one builder with
-the ``keras.applications`` keywords; ``keras_t2t.t2t_vit_14`` and the others are
-these builders. Weights are loaded through ``keras_t2t.weights``.
+These are the construction under the one resolver (``keras_t2t.resolve``); the public
+builders (``keras_t2t.t2t_vit_14``, ``create_model``, ``from_checkpoint``) live in
+``keras_t2t.applications`` and call the resolver. Weights load through ``keras_t2t.weights``.
 """
 
 import functools
-import inspect
 import os
 
 from keras_t2t.hub import preset_files, presets
 from keras_t2t.layers import DEFAULT_T2T_STAGES
-from keras_t2t.models.presets import MODELS, get_preset, names
+from keras_t2t.models.presets import get_preset, names
 from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
 from keras_t2t.models.vit import ViT
 from keras_t2t.weights import loading, pretrained
@@ -184,46 +184,7 @@ def _follow_weights_head(classes, include_top, head, config):
     return classes
 
 
-def create_model(model_name, **kwargs):
-    """Builds any registered model by name, e.g. ``create_model("t2t_vit_14", classes=10)``."""
-    get_preset(model_name)
-    return build_model(model_name, **kwargs)
-
-
-def _make_builder(model_name):
-    preset = MODELS[model_name]
-
-    def builder(**kwargs):
-        return build_model(model_name, **kwargs)
-
-    # help() and IDEs show build_model's keywords, less the name and the loader's internals.
-    parameters = inspect.signature(build_model).parameters
-    builder.__signature__ = inspect.Signature(
-        [p for key, p in parameters.items() if key not in ("model_name", "checkpoint_entry", "verbose", "state_dict")]
-    )
-    model_class = MODEL_CLASSES[preset.family]
-    files = "a '.keras' / '.weights.h5' file of this package" if preset.family == "vit" else (
-        "an authors' checkpoint ('.pth.tar'), a '.keras' file or a '.weights.h5' file"
-    )
-    tags = "".join(f"{r.tag!r}, " for r in preset.releases)
-    tags = f"a weights tag ({tags}fetched once, cached; see keras_t2t.list_weights()) " if tags else ""
-    builder.__name__ = builder.__qualname__ = model_name
-    builder.__doc__ = (
-        f"``{model_name}``: {preset.describe()}; built at {preset.image_size}x{preset.image_size} unless "
-        "input_shape says otherwise.\n\n"
-        "Args: the keras.applications keywords (include_top, weights, input_shape, pooling, classes,\n"
-        f"classifier_activation, name). ``weights`` is None, {tags}or a path to {files};\n"
-        "weights that do not cover the model exactly are refused unless ``skip_mismatch=True``.\n"
-        "``classes`` defaults to the class count of the weights' head, else 1000.\n"
-        f"Other keywords (drop_path_rate, qk_scale, dtype, ...) go to ``keras_t2t.{model_class.__name__}``."
-    )
-    return builder
-
-
-BUILDERS = {model_name: _make_builder(model_name) for model_name in MODELS}
-
-
-def from_checkpoint(path, variant=None, which=None, state_dict=None, info=None, **kwargs):
+def checkpoint_model(path, variant=None, which=None, state_dict=None, info=None, **kwargs):
     """A model built and loaded from any weights file, detecting the variant when not named.
 
     ``keras_t2t.from_checkpoint("81.5_T2T_ViT_14.pth.tar", classifier_activation=None)``.
@@ -242,7 +203,8 @@ def from_checkpoint(path, variant=None, which=None, state_dict=None, info=None, 
     if os.fspath(path).endswith(".h5"):
         if variant is None:
             raise ValueError("A '.weights.h5' file does not record its variant; pass variant=NAME.")
-        return create_model(variant, weights=path, **kwargs)
+        get_preset(variant)
+        return build_model(variant, weights=path, **kwargs)
     if state_dict is None:
         state_dict, info = loading.read_state_dict(path, which=which)
     info = dict(info or {})
@@ -263,11 +225,9 @@ def from_checkpoint(path, variant=None, which=None, state_dict=None, info=None, 
 
 
 __all__ = [
-    "BUILDERS",
     "MODEL_CLASSES",
     "build_model",
-    "create_model",
-    "from_checkpoint",
+    "checkpoint_model",
     "list_models",
     "list_variants",
 ]

@@ -21,12 +21,19 @@ import difflib
 import json
 import os
 
-from keras_t2t.builders import create_model, from_checkpoint
+from keras_t2t.builders import build_model, checkpoint_model
 from keras_t2t.data.images import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, as_hw
 from keras_t2t.evaluation import model_input_hw
 from keras_t2t.hub import preset_files, presets
 from keras_t2t.models.presets import MODELS, unknown_model_error
-from keras_t2t.weights.loading import CHECKPOINT_SUFFIXES, is_checkpoint_path, load_any_weights, read_keras_file
+from keras_t2t.weights.detect import detect_variant
+from keras_t2t.weights.loading import (
+    CHECKPOINT_SUFFIXES,
+    is_checkpoint_path,
+    load_any_weights,
+    read_keras_file,
+    read_state_dict,
+)
 from keras_t2t.weights.pretrained import is_weights_tag, preset_cache_folder, release_for
 
 
@@ -62,9 +69,15 @@ class Preprocessing:
 
 @dataclasses.dataclass
 class Resolved:
+    """A model, its ``Preprocessing`` and where both came from (also ``model.resolved_from``: every model
+    the package hands out, through a builder or a command, was made here)."""
+
     model: object
     preprocessing: Preprocessing
     description: str
+
+    def __post_init__(self):
+        self.model.resolved_from = self.description
 
 
 def is_preset_folder(path):
@@ -120,13 +133,20 @@ def _class_keywords(build_kwargs):
     return {key: value for key, value in build_kwargs.items() if key in allowed}
 
 
-def resolve_model(handle, weights=None, **build_kwargs):
+def resolve_model(handle, weights=None, rebuild=False, **build_kwargs):
     """Any model handle (see the module) -> ``Resolved(model, preprocessing, description)``.
 
     ``build_kwargs`` go to the builder for registry names and checkpoints
-    (``classifier_activation=None``, ``input_shape``, ...).
+    (``classifier_activation=None``, ``input_shape``, ...); a ``.keras`` file given
+    such keywords (or ``rebuild=True``) is rebuilt with them from its weights, as
+    ``keras_t2t.from_checkpoint`` does, instead of loaded as saved.
     """
     handle = os.fspath(handle)
+    if handle in MODELS:  # a name is the registry's, even beside a folder of that name (write ./name for it)
+        return _from_registry(handle, weights, build_kwargs)
+    if weights is not None and (presets.is_preset_name(handle) or os.path.exists(handle)):
+        raise ValueError(f"weights={os.fspath(weights)!r} goes with a registry name (keras_t2t.list_models()); "
+                         f"{handle!r} brings its own weights.")
     if weights is None and presets.is_preset_name(handle):
         row = presets.preset_release(handle)
         return resolve_model(row.model, weights=row.tag, **build_kwargs)
@@ -135,24 +155,29 @@ def resolve_model(handle, weights=None, **build_kwargs):
         model = preset_files.load_classic(folder, **_class_keywords(build_kwargs))
         return Resolved(model, preset_folder_preprocessing(folder) or _default(model, "a preset without one"),
                         folder)
-    if weights is None and handle.endswith(".keras"):
+    rebuild = rebuild or any(key != "verbose" for key in build_kwargs)
+    if weights is None and handle.endswith(".keras") and not rebuild:
         model = read_keras_file(handle)
         found = run_preprocessing(handle)
         return Resolved(model, found or _default(model, "a .keras file outside a training run"),
                         os.path.abspath(handle))
-    if weights is None and is_checkpoint_path(handle) and os.path.isfile(handle):
-        model = from_checkpoint(handle, **build_kwargs)
-        return Resolved(model, _default(model, "an authors' checkpoint"), os.path.abspath(handle))
-    if handle not in MODELS:
-        if not os.path.exists(handle) and (os.sep in handle or handle.endswith((".keras", ".h5", *CHECKPOINT_SUFFIXES))):
-            raise FileNotFoundError(f"{handle!r}: no such file or folder.")
-        if os.path.exists(handle):
-            raise ValueError(
-                f"{handle!r} is not a model this package reads: accepted are a preset folder, a '.keras' file, "
-                "an authors' checkpoint ('.pth', '.pth.tar'), or a registry name with weights."
-            )
-        raise unknown_model_error(handle, list(MODELS) + presets.list_presets())
-    model = create_model(handle, weights=weights, **build_kwargs)
+    if weights is None and (is_checkpoint_path(handle) or handle.endswith(".keras")) and os.path.isfile(handle):
+        model = checkpoint_model(handle, **build_kwargs)
+        found = run_preprocessing(handle) if handle.endswith(".keras") else None
+        return Resolved(model, found or _default(model, "an authors' checkpoint"), os.path.abspath(handle))
+    if not os.path.exists(handle) and (os.sep in handle or handle.endswith((".keras", ".h5", *CHECKPOINT_SUFFIXES))):
+        raise FileNotFoundError(f"{handle!r}: no such file or folder.")
+    if os.path.exists(handle):
+        raise ValueError(
+            f"{handle!r} is not a model this package reads: accepted are a preset folder, a '.keras' file, "
+            "an authors' checkpoint ('.pth', '.pth.tar'), or a registry name with weights."
+        )
+    raise unknown_model_error(handle, list(MODELS) + presets.list_presets())
+
+
+def _from_registry(handle, weights, build_kwargs):
+    """A registry name (with weights: a tag, a preset folder or a file) -> ``Resolved``."""
+    model = build_model(handle, weights=weights, **build_kwargs)
     if weights is not None and is_weights_tag(weights):
         row = release_for(handle, weights)
         _, crop_pct, mean, std, _ = presets.release_preprocessing(row)
@@ -166,6 +191,35 @@ def resolve_model(handle, weights=None, **build_kwargs):
     if found is not None:
         found = dataclasses.replace(found, image_size=_input_hw(model))
     return Resolved(model, found or _default(model, handle), f"{handle} ({source})")
+
+
+def registry_name(handle):
+    """The registry name of the model ``handle`` holds: itself, a release preset's model, the model a
+    preset folder or a ``.keras`` file was saved from (its name), or an authors' checkpoint's variant.
+
+    ``train.py --model HANDLE`` trains that model starting from those weights.
+    """
+    handle = os.fspath(handle)
+    if handle in MODELS:
+        return handle
+    if presets.is_preset_name(handle):
+        return presets.preset_release(handle).model
+    name = None
+    if is_preset_folder(handle):
+        name = (preset_files.read_json(handle, "metadata.json").get("model")
+                if os.path.isfile(os.path.join(handle, "metadata.json")) else None)
+        name = name or preset_files.read_json(handle, "config.json").get("config", {}).get("name", "")
+        name = name[: -len("_backbone")] if name.endswith("_backbone") else name
+    elif handle.endswith(".keras") and os.path.isfile(handle):
+        name = getattr(read_keras_file(handle), "name", None)
+    elif is_checkpoint_path(handle) and os.path.isfile(handle):
+        name = detect_variant(read_state_dict(handle)[0])[0]
+    elif not os.path.exists(handle):
+        raise unknown_model_error(handle, list(MODELS) + presets.list_presets())
+    if name not in MODELS:
+        raise ValueError(f"{handle!r} holds a model named {name!r}, which is no registry name; give --model NAME "
+                         f"(keras_t2t.list_models()) and the file as --weights.")
+    return name
 
 
 def check_weights_handle(weights, model_name=None):

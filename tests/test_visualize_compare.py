@@ -152,7 +152,7 @@ def test_compare_writes_one_png_of_three_labelled_panels(tmp_path, capsys, one_t
 
 
 def test_compare_panels_hold_each_models_own_maps(resnet, tmp_path, one_torch_thread):
-    from keras_t2t.builders import create_model
+    from keras_t2t.applications import create_model
 
     t2t = create_model("t2t_vit_mini", classes=10)
     rgb = pixels(2, 32)

@@ -41,7 +41,8 @@ ALIASES = {
 HELP = {
     "model": "t2t_vit_mini (the digits default), a keras_t2t variant (t2t_vit_7 ... t2t_vit_t_24), or a ViT "
              "baseline (vit_mini, vit_small_patch16, vit_base_patch16; keras_t2t.vit); a release preset name "
-             "(t2t_vit_7_imagenet, ...) is that model starting from those weights",
+             "(t2t_vit_7_imagenet, ...), a preset folder, a .keras file or an authors' checkpoint is that model "
+             "starting from those weights",
     "dataset": "'digits' (built in, no download), 'folder' (--data-dir with train/ and val/), or a TFDS name",
     "data_dir": "the folder for --dataset folder (or where the digits are written); TFDS's data_dir otherwise",
     "manual_dir": "TFDS manual download folder (imagenet2012's tar files)",
@@ -127,17 +128,19 @@ def recipe_from_args(args):
     return preset, dataclasses.replace(base, **overrides)
 
 
-def _model_from_preset_name(args):
-    """``--model t2t_vit_7_imagenet`` (a release preset, as every command's --model takes) is ``--model
-    t2t_vit_7`` starting from those weights (``--weights`` given as well wins)."""
+def _model_from_handle(args):
+    """``--model`` takes what every command's --model takes: a registry name, or a release preset name, a
+    preset folder, a ``.keras`` file or an authors' checkpoint, which trains that model starting from those
+    weights (``--weights`` given as well wins)."""
     if not args.model:
         return
-    from keras_t2t.models.presets import list_weights
+    from keras_t2t.models.presets import MODELS
+    from keras_t2t.resolve import registry_name
 
-    rows = {f"{row.model}_{row.tag}": row for row in list_weights()}
-    if args.model in rows:
+    if args.model not in MODELS:
+        name = registry_name(args.model)
         args.weights = args.weights or args.model
-        args.model = rows[args.model].model
+        args.model = name
 
 
 def _backend_name():
@@ -171,7 +174,10 @@ def main(argv=None):
         parser.error(f"--weights: no such file {args.weights!r}")
     if args.cpu_replicas < 0:
         parser.error("--cpu-replicas must be >= 0")
-    _model_from_preset_name(args)
+    try:
+        _model_from_handle(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(f"--model: {error}")
     preset, recipe = recipe_from_args(args)
     try:
         recipe = recipe.resolved()

@@ -2,10 +2,15 @@
 
 Command line (also installed as ``keras-t2t-convert``)::
 
-    python -m keras_t2t.cli.convert CHECKPOINT --output OUT.keras|OUT.weights.h5
+    python -m keras_t2t.cli.convert CHECKPOINT|--model HANDLE --output OUT.keras|OUT.weights.h5
         [--variant NAME] [--weights-entry {auto,state_dict_ema,state_dict,model,net,bare}]
         [--image-size N|HxW] [--classes N | --no-top] [--qk-scale FLOAT]
         [--classifier-activation NAME|none] [--overwrite] [--allow-nonfinite]
+
+``--model`` names the source as every command's ``--model`` does: a checkpoint, a
+release preset name (``t2t_vit_14_imagenet``: its checkpoint, fetched once and
+cached) or a registry name (as ``--variant``). Keras files and preset folders are
+converted already: every command reads them as they are.
 
 The output's suffix picks the format: ``.keras`` (the whole model) or
 ``.weights.h5`` (weights only; rebuild with the variant's builder and pass the
@@ -43,7 +48,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_t2t.builders import create_model, from_checkpoint
+from keras_t2t.applications import from_checkpoint
 from keras_t2t.cli.args import (
     IMAGE_SIZE_HELP,
     OneLineParser,
@@ -53,6 +58,8 @@ from keras_t2t.cli.args import (
     positive_int,
 )
 from keras_t2t.io_utils import atomic_temp_file_like, check_output_folder, install_atomic, remove_path
+from keras_t2t.hub.presets import is_preset_name, preset_release
+from keras_t2t.resolve import resolve_model
 from keras_t2t.models.presets import ALL_VARIANTS
 from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT, T2TViT
 from keras_t2t.weights.detect import (
@@ -63,6 +70,7 @@ from keras_t2t.weights.detect import (
 )
 from keras_t2t.weights.loading import NonFiniteWeightsWarning, describe_nonfinite, nonfinite_counts
 from keras_t2t.weights.mapping import HEADS, model_state_dict, resize_pos_embed
+from keras_t2t.weights.pretrained import checked_checkpoint
 from keras_t2t.weights.torch_pickle import CheckpointError, load_state_dict_file
 
 __all__ = ["ConversionError", "VerificationError", "convert", "main"]
@@ -88,7 +96,13 @@ def build_parser():
         prog="keras-t2t-convert",
         description="Convert an authors' T2T-ViT checkpoint (.pth.tar) to a verified .keras or .weights.h5 file.",
     )
-    parser.add_argument("checkpoint", help="the authors' checkpoint (*.pth.tar, *.pth)")
+    parser.add_argument("checkpoint", nargs="?", help="the authors' checkpoint (*.pth.tar, *.pth)")
+    parser.add_argument(
+        "--model", metavar="HANDLE",
+        help="what to convert, as every command's --model names it: an authors' checkpoint (as CHECKPOINT), a "
+        "release preset name (t2t_vit_14_imagenet: its checkpoint, fetched once and cached) or a registry name "
+        "(as --variant, with CHECKPOINT)",
+    )
     parser.add_argument(
         "--output", "-o", required=True, help="output file; its suffix (.keras or .weights.h5) picks the format"
     )
@@ -132,14 +146,41 @@ def _output_format(path):
     )
 
 
+def _checkpoint_from_model(args):
+    """Sets ``args.checkpoint`` and ``args.variant`` from ``--model`` (see the parser), or refuses it."""
+    handle = args.model
+    if handle is None:
+        if args.checkpoint is None:
+            raise UsageError("give the checkpoint to convert (CHECKPOINT or --model)")
+        return
+    if handle in ALL_VARIANTS:
+        if args.variant not in (None, handle):
+            raise UsageError(f"--model {handle} and --variant {args.variant} name two models")
+        args.variant = handle
+        if args.checkpoint is None:
+            raise UsageError(f"--model {handle} is a registry name: give the checkpoint to convert too")
+        return
+    if args.checkpoint is not None:
+        raise UsageError(f"CHECKPOINT {args.checkpoint!r} and --model {handle!r} name two sources; give one")
+    if is_preset_name(handle):
+        row = preset_release(handle)
+        args.checkpoint, _ = checked_checkpoint(row.model, row.tag)
+        args.variant = args.variant or row.model
+        return
+    args.checkpoint = handle
+
+
 def _read(path, entry):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
-        raise ConversionError(f"checkpoint {path!r} is a directory")
+        raise ConversionError(f"checkpoint {path!r} is a directory" + (
+            " (a KerasHub preset folder, converted already: every command's --model reads it as it is)"
+            if os.path.isfile(os.path.join(path, "config.json")) else ""))
     if path.endswith((".keras", ".h5")):
         raise ConversionError(
-            f"{path!r} is already a Keras file; this tool converts the authors' PyTorch checkpoints (*.pth.tar)"
+            f"{path!r} is already a Keras file; this tool converts the authors' PyTorch checkpoints (*.pth.tar); "
+            "every command's --model reads it as it is"
         )
     return load_state_dict_file(path, which=entry)
 
@@ -161,15 +202,14 @@ def _predict(model, images):
 
 
 def _reload(tmp_path, fmt, variant, build_kwargs):
-    """The written file loaded back: ``load_model`` for .keras, a fresh builder + ``load_weights`` for .weights.h5."""
+    """The written file loaded back through the resolver, as every command will read it: the ``.keras``
+    file as saved, the ``.weights.h5`` file into the variant's model."""
     if fmt == ".keras":
-        model = keras.saving.load_model(tmp_path, compile=False)
+        model = resolve_model(tmp_path).model
         if not isinstance(model, T2TViT):
             raise VerificationError(f"the written file holds a {type(model).__name__}, not a T2TViT")
         return model
-    model = create_model(variant, **build_kwargs)
-    model.load_weights(tmp_path)
-    return model
+    return resolve_model(variant, weights=tmp_path, verbose=False, **build_kwargs).model
 
 
 def _dropped(key, report):
@@ -226,6 +266,7 @@ def convert(args, out=print):
     if args.no_top and args.classes is not None:
         raise ConversionError("--classes and --no-top exclude each other")
 
+    _checkpoint_from_model(args)
     entry = None if args.weights_entry == "auto" else args.weights_entry
     state, info = _read(args.checkpoint, entry)
     nonfinite = _nonfinite(args.checkpoint, state, info, args.allow_nonfinite)

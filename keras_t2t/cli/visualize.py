@@ -13,7 +13,7 @@ import sys
 import keras
 
 from keras_t2t import visualize as visualize_module
-from keras_t2t.builders import create_model
+from keras_t2t.applications import create_model
 from keras_t2t.cli.args import (
     IMAGE_SIZE_HELP,
     OneLineParser,
@@ -37,7 +37,6 @@ from keras_t2t.visualize import (
     require_matplotlib,
     visualize,
 )
-from keras_t2t.weights import load_any_weights
 from keras_t2t.weights.pretrained import WeightsFetchError, is_weights_tag, release_for
 
 RANDOM = "none"
@@ -163,6 +162,7 @@ def load_labelled(model, weights=None, image_size=None, classes=None, random_by_
         return keras_application(model, weights, image_size)
     preset = MODELS[model]
     height, width = _size(image_size, preset.image_size)
+    asked_classes = classes  # with a weights file, None follows the file's head
     classes = classes or (10 if preset.image_size == DIGITS.image_size else 1000)
     if weights is None or str(weights).lower() == RANDOM:
         built = create_model(model, input_shape=(height, width, 3), classes=classes)
@@ -172,8 +172,9 @@ def load_labelled(model, weights=None, image_size=None, classes=None, random_by_
         built = create_model(model, weights=weights, input_shape=(height, width, 3) if image_size else None,
                              verbose=False)
         return built, f"released weights {weights!r}", f"{weights} weights"
-    built = create_model(model, input_shape=(height, width, 3), classes=classes)
-    return built, f"weights {os.fspath(weights)}: {load_any_weights(built, weights)}", os.path.basename(weights)
+    built = resolve_model(model, weights=weights, input_shape=(height, width, 3), classes=asked_classes,
+                          verbose=False).model
+    return built, f"weights {os.fspath(weights)}: {built.weights_report}", os.path.basename(weights)
 
 
 def load_model(model, weights=None, image_size=None, classes=None):

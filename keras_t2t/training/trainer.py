@@ -27,11 +27,12 @@ from keras_t2t.training import data as data_lib
 from keras_t2t.training import resume
 from keras_t2t.training.distribute import make_train_input, setup_distribution, shard_validation
 from keras_t2t.training.optimizers import build_optimizer, build_schedule
-from keras_t2t.builders import create_model, list_models
+from keras_t2t.applications import create_model
+from keras_t2t.builders import list_models
 from keras_t2t.hub.preset_files import save_preset
 from keras_t2t.io_utils import check_output_folder, write_json_atomic
 from keras_t2t.models.presets import get_preset
-from keras_t2t.resolve import check_weights_handle, load_weights_into
+from keras_t2t.resolve import check_weights_handle, load_weights_into, resolve_model
 from keras_t2t.training.recipe import Recipe
 
 # Recipe fields that may change between a run and its resumption (they do not
@@ -196,7 +197,7 @@ def train(recipe, output_dir, distribution=None, weights=None, eval_only=False, 
             _print(verbose, f"The run in {output_dir} is finished ({summary.get('epochs')} epochs, val_top1 "
                             f"{summary.get('val_top1', float('nan')):.4f}); nothing was changed. Use another "
                             "--output-dir for a new run.")
-            model = keras.saving.load_model(os.path.join(output_dir, "model.keras"))
+            model = resolve_model(os.path.join(output_dir, "model.keras")).model
             model.training_summary = summary
             return model, summary
 

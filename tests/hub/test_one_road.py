@@ -120,3 +120,93 @@ def test_every_command_takes_a_preset_folder_with_its_preprocessing(tmp_path, ca
     np.testing.assert_allclose(fresh.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
     with open(os.path.join(folder, "metadata.json")) as handle:
         assert json.load(handle)["tasks"] == ["ImageClassifier"]
+
+
+# --- the one road, shown two ways: what the builders hand out, and what no command calls ----------------
+
+def test_every_builder_hands_out_a_model_the_resolver_made(tmp_path):
+    # ``resolved_from`` is set by keras_t2t.resolve.Resolved alone.
+    mini = keras_t2t.t2t_vit_mini(classes=3)
+    assert mini.resolved_from == "t2t_vit_mini (random weights)"
+    assert keras_t2t.create_model("vit_mini", classes=3).resolved_from == "vit_mini (random weights)"
+    state = {k: v for k, v in keras_t2t.weights.model_state_dict(mini).items()}
+    path = save_authors_checkpoint(tmp_path / "mini.pth.tar", state, state, "t2t_vit_mini", img_size=32)
+    assert keras_t2t.from_checkpoint(path, variant="t2t_vit_mini").resolved_from == os.path.abspath(path)
+    mini.save_weights(tmp_path / "mini.weights.h5")
+    loaded = keras_t2t.from_checkpoint(tmp_path / "mini.weights.h5", variant="t2t_vit_mini")
+    assert loaded.resolved_from.startswith("t2t_vit_mini (") and loaded.output_shape == (None, 3)
+
+
+# Calls that turn a handle into a model, or load weights into one: only keras_t2t.resolve, the
+# construction under it (builders, applications, weights/, hub/) and the layers may make them.
+LOADERS = {"load_model", "read_keras_file", "load_classic", "load_into_classic", "build_model", "checkpoint_model",
+           "from_preset", "load_any_weights", "load_weights", "load_keras_weights", "load_vit_weights",
+           "load_state_dict", "T2TViT", "T2TViTDense", "ViT", "T2TViTImageClassifier", "T2TViTBackbone"}
+ALLOWED = {
+    ("keras_t2t/training/trainer.py", "load_weights"): "the trainer's own resume state into the model it built",
+    ("keras_t2t/training/trainer.py", "build_model"): "the trainer's build_model, itself create_model's caller",
+    ("keras_t2t/training/__init__.py", "build_model"): "the same, re-exported",
+    ("benchmarks/authors_torch.py", "load_state_dict"): "the authors' PyTorch model, the benchmark's rival",
+    ("benchmarks/cases.py", "T2TViT"): "authors_torch.T2TViT, the same rival",
+}
+COMMAND_CODE = ["keras_t2t/cli", "keras_t2t/export", "keras_t2t/training", "keras_t2t/evaluation.py",
+                "keras_t2t/visualize.py", "benchmarks", "training", "tflite"]
+
+
+def _called_names(path):
+    import ast
+
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name:
+                yield name, node.lineno
+
+
+def test_no_command_loads_a_model_but_through_the_resolver():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    files = []
+    for entry in COMMAND_CODE:
+        path = os.path.join(root, entry)
+        if os.path.isfile(path):
+            files.append(path)
+        for folder, _, names in os.walk(path):
+            files += [os.path.join(folder, name) for name in names if name.endswith(".py")]
+    assert len(files) > 20  # the commands' code was found
+    found = []
+    for path in files:
+        relative = os.path.relpath(path, root)
+        for name, line in _called_names(path):
+            if name in LOADERS and (relative, name) not in ALLOWED:
+                found.append(f"{relative}:{line} calls {name}")
+    assert found == [], "a command loads a model off the one road:\n" + "\n".join(found)
+
+
+def test_convert_takes_model_as_every_command_does(mirror, tmp_path, capsys):
+    from keras_t2t.cli import convert as convert_cli
+
+    _, ema = mirror
+    images = random_images(6, 1, 224, 224)
+    out = tmp_path / "t7.keras"
+    assert convert_cli.main(["--model", "t2t_vit_7_imagenet", "-o", str(out), "--classifier-activation",
+                             "none"]) == 0
+    model = keras.saving.load_model(out, compile=False)
+    np.testing.assert_allclose(model.predict(images, verbose=0), ref.forward(ema, images, T7_CONFIG),
+                               atol=1e-4, rtol=1e-4)
+    checkpoint = os.path.join(pretrained.cache_dir(), T7_FILE)
+    assert convert_cli.main([checkpoint, "--model", "t2t_vit_7", "-o", str(tmp_path / "t7.weights.h5")]) == 0
+    capsys.readouterr()
+    # A preset folder is converted already; two sources, or two models, are one line each.
+    folder = presets.preset_folder("t2t_vit_7_imagenet")
+    cases = [(["--model", folder], "converted already"),
+             (["--model", "t2t_vit_7_imagenet", checkpoint], "name two sources"),
+             (["--model", "t2t_vit_7", "--variant", "t2t_vit_10", checkpoint], "name two models"),
+             (["--model", "t2t_vit_7"], "give the checkpoint to convert too")]
+    for argv, words in cases:
+        assert convert_cli.main(argv + ["-o", str(tmp_path / "x.keras")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.keras").exists()

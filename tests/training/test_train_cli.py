@@ -378,9 +378,21 @@ def test_a_release_preset_name_as_model_is_that_model_starting_from_those_weight
                            "--print-recipe"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "t2t_vit_7"
     args = train_cli.build_parser().parse_args(["--output-dir", str(tmp_path), "--model", "t2t_vit_14_cifar10"])
-    train_cli._model_from_preset_name(args)
+    train_cli._model_from_handle(args)
     assert (args.model, args.weights) == ("t2t_vit_14", "t2t_vit_14_cifar10")
     args = train_cli.build_parser().parse_args(["--output-dir", str(tmp_path), "--model", "t2t_vit_14_cifar10",
                                                 "--weights", "mine.pth"])
-    train_cli._model_from_preset_name(args)
+    train_cli._model_from_handle(args)
     assert (args.model, args.weights) == ("t2t_vit_14", "mine.pth")
+
+
+def test_a_preset_folder_or_keras_file_as_model_is_that_model_starting_from_those_weights(tiny_run, tmp_path,
+                                                                                          capsys):
+    out, _ = tiny_run
+    for handle in (os.path.join(out, "preset"), os.path.join(out, "model.keras")):
+        args = train_cli.build_parser().parse_args(["--output-dir", str(tmp_path), "--model", handle])
+        train_cli._model_from_handle(args)
+        assert (args.model, args.weights) == ("t2t_vit_mini", handle)
+    with pytest.raises(SystemExit):
+        train_cli.main(["--output-dir", str(tmp_path), "--model", str(tmp_path / "nothing.keras")])
+    assert "--model: " in capsys.readouterr().err
