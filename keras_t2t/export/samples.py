@@ -85,7 +85,8 @@ def tfds_images(spec, count, image_hw, crop_pct, data_dir=None, download=False, 
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise ExportError(
-            "A TFDS representative set needs tensorflow-datasets: pip install tensorflow-datasets."
+            "A TFDS representative set needs tensorflow-datasets: pip install 'keras-t2t[train]' (or "
+            "'tensorflow-datasets>=4.9,<4.10' importlib-resources)."
         ) from error
     name, _, split = str(spec).partition(":")
     split = split or "train"

@@ -222,7 +222,8 @@ def _tfds_source(name, data_dir="", manual_dir="", train_split="train", val_spli
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise ImportError(
-            "TFDS datasets need tensorflow-datasets: pip install 'tensorflow-datasets>=4.9,<4.10'."
+            "TFDS datasets need tensorflow-datasets: pip install 'keras-t2t[train]' (or "
+            "'tensorflow-datasets>=4.9,<4.10' importlib-resources)."
         ) from error
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
