@@ -1,4 +1,4 @@
-"""The README's KerasHub section runs as written: each of its Python blocks in a fresh process, offline.
+"""The KerasHub section (docs/pretrained.md) runs as written: each of its Python blocks in a fresh process, offline.
 
 A loopback mirror (``KERAS_T2T_WEIGHTS_URL``) serves a T2T-ViT-7 checkpoint written here in the
 authors' layout, so the blocks' ``from_preset("t2t_vit_7_imagenet")`` fetch and convert it.
@@ -20,10 +20,11 @@ T7_FILE = "71.7_T2T_ViT_7.pth.tar"
 
 
 def _blocks():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+    with open(os.path.join(REPO, "docs", "pretrained.md"), encoding="utf-8") as handle:
         text = handle.read()
-    start = text.index(SECTION)
-    section = text[start:text.index("\n## ", start + len(SECTION))]
+    start = text.index("\n" + SECTION + "\n")
+    following = text.find("\n## ", start + len(SECTION) + 2)
+    section = text[start:following if following > 0 else len(text)]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
