@@ -13,6 +13,7 @@ converted release), every read checks them first.
 import datetime
 import json
 import os
+import time
 import warnings
 
 import keras
@@ -218,16 +219,46 @@ def read_json(folder, name):
         raise ValueError(f"{error}, not what a preset file holds.") from None
 
 
+# {folder: the stat signature of its recorded files when this process last verified their SHA-256}: a load
+# reads a folder several times (the cache check, its configs, the weights), and hashes it once.
+_VERIFIED = {}
+
+
+def _signature(folder, names):
+    """What changes when any of the files is written, replaced or touched (ctime cannot be set back)."""
+    found = []
+    for name in sorted(names):
+        try:
+            st = os.stat(os.path.join(folder, name))
+        except OSError:
+            return None
+        found.append((name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(found)
+
+
 def recorded_problem(folder):
     """Why the files of ``folder`` differ from the SHA-256 its ``metadata.json`` recorded; None when they do not
-    (or when it recorded none). A ValueError when ``metadata.json`` itself is unreadable."""
+    (or when it recorded none). A ValueError when ``metadata.json`` itself is unreadable. Files verified
+    earlier in this process and untouched since are not hashed again."""
     recorded = read_json(folder, METADATA_FILE).get("files_sha256") or {}
     if not isinstance(recorded, dict):
         return "records its files' SHA-256 in a form this package does not write"
+    names = {os.path.basename(str(name)) for name in recorded} | {METADATA_FILE}
+    key = os.path.abspath(folder)
+    signature = _signature(folder, names)
+    if signature is not None and _VERIFIED.get(key) == signature:
+        return None
+    started = time.time_ns()
     for name, digest in recorded.items():
         path = os.path.join(folder, os.path.basename(str(name)))
         if not os.path.isfile(path) or sha256_of(path) != digest:
+            _VERIFIED.pop(key, None)
             return f"does not match the SHA-256 of its {name} recorded when it was written"
+    # Remembered only when the files were last changed well before the hashing began (as git's "racy
+    # clean" rule): a file time stamped with a coarse clock could otherwise not move on a quick rewrite.
+    if (signature is not None and signature == _signature(folder, names)
+            and all(entry[4] < started - 2_000_000_000 for entry in signature)):
+        _VERIFIED[key] = signature
     return None
 
 

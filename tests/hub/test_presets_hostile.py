@@ -284,6 +284,20 @@ def test_resolving_a_backbone_preset_says_it_has_no_classifier(backbone_folder):
 # --------------------------------------------------------------------------- the release cache
 
 
+def test_a_load_hashes_each_preset_file_once_and_a_later_change_is_still_caught(release_home, monkeypatch, capsys):
+    time.sleep(2.2)  # the copied files must be older than the hashing to be remembered (the racy-clean rule)
+    hashed = []
+    real = preset_files.sha256_of
+    monkeypatch.setattr(preset_files, "sha256_of", lambda path: hashed.append(os.path.basename(path)) or real(path))
+    keras_t2t.t2t_vit_7(weights="imagenet")
+    keras_t2t.t2t_vit_7(weights="imagenet")
+    keras_t2t.T2TViTImageClassifier.from_preset(T7_PRESET)
+    assert hashed and all(hashed.count(name) == 1 for name in hashed), hashed
+    _flip_a_weight_byte(os.path.join(release_home, "model.weights.h5"))  # same size, in this process
+    presets.preset_folder(T7_PRESET)
+    assert "not trusted, converting it again" in capsys.readouterr().out
+
+
 def test_a_flipped_byte_in_a_converted_file_is_not_trusted_and_converted_again(release_home, capsys):
     path = os.path.join(release_home, "model.weights.h5")
     good = _h5_arrays(path)
