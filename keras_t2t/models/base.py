@@ -200,7 +200,33 @@ def classifier_top(x, include_top, classes, pooling, classifier_activation, dtyp
     return x
 
 
-class ClassifierModel(keras.Model):
+def _empty_rows(x):
+    """Whether ``x`` is an array-like batch of zero images (a dataset or generator is not looked into)."""
+    shape = getattr(x, "shape", None)
+    return shape is not None and len(shape) > 0 and shape[0] == 0
+
+
+class EmptyBatchPredict:
+    """``predict`` of zero images gives zero rows of each output, as calling the model does.
+
+    Keras' ``predict`` loops over batches and has no outputs to concatenate when there is
+    none (``UnboundLocalError`` on TensorFlow and PyTorch, ``StopIteration`` on JAX).
+    """
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        if _empty_rows(x):
+            return keras.tree.map_structure(
+                lambda out: np.zeros((0,) + tuple(out.shape[1:]), keras.backend.standardize_dtype(out.dtype)),
+                self.output)
+        return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
+
+
+@keras.saving.register_keras_serializable(package="keras_t2t")
+class FeatureModel(EmptyBatchPredict, keras.Model):
+    """What ``feature_extractor`` returns: a functional model of the features, sharing the weights."""
+
+
+class ClassifierModel(EmptyBatchPredict, keras.Model):
     """The config mechanics and feature access that T2TViT and ViT share.
 
     A subclass lists its constructor arguments in ``CONFIG_KEYS`` (each stored
@@ -288,4 +314,4 @@ class ClassifierModel(keras.Model):
         layer_name, key = self.TOKENIZER
         if include_tokenizer:
             outputs[key] = self.get_layer(layer_name).output
-        return keras.Model(self.input, outputs, name=name or f"{self.name}_features")
+        return FeatureModel(self.input, outputs, name=name or f"{self.name}_features")

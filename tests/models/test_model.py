@@ -282,3 +282,20 @@ def test_an_empty_batch_gives_an_empty_batch_of_outputs(name, top):
     out = keras.ops.convert_to_numpy(model(np.zeros((0, 32, 32, 3), "float32")))
     full = keras.ops.convert_to_numpy(model(np.zeros((2, 32, 32, 3), "float32")))
     assert out.shape == (0,) + full.shape[1:] and out.dtype == full.dtype
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_mini", "vit_mini"])
+def test_predict_on_zero_images_gives_zero_rows_as_calling_the_model_does(name):
+    # Keras' predict has no batch outputs to concatenate then (issue 23: UnboundLocalError, StopIteration).
+    model = keras_t2t.create_model(name, classes=3)
+    empty = np.zeros((0, 32, 32, 3), "float32")
+    scores = model.predict(empty, verbose=0)
+    assert scores.shape == (0, 3) and scores.dtype == np.float32
+    features = model.feature_extractor(block_indices=[0]).predict(empty, verbose=0)
+    called = model.feature_extractor(block_indices=[0])(np.zeros((2, 32, 32, 3), "float32"))
+    assert sorted(features) == sorted(called)
+    for key, value in features.items():
+        assert value.shape == (0,) + tuple(called[key].shape[1:]), key
+    bf16 = keras_t2t.precision.cast_model(model, "bfloat16")
+    assert bf16.predict(empty, verbose=0).shape == (0, 3)
+    assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 3)  # the usual road
