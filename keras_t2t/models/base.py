@@ -9,11 +9,13 @@ position table and blocks, with the same final norm, pooling and head
 import difflib
 import inspect
 import math
+import os
 
 import keras
 import numpy as np
 
 from keras_t2t import layers as t2t_layers
+from keras_t2t.keras_files import describe_differences, differences, tensor_tree, written_tree
 
 
 def positive_int(name, value):
@@ -263,6 +265,20 @@ class ClassifierModel(EmptyBatchPredict, keras.Model):
             output = self.outputs[0]
             return keras.ops.zeros((0,) + tuple(output.shape[1:]), dtype=output.dtype)
         return super().call(inputs, training=training, mask=mask)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Keras' ``load_weights``, as strict as the package's loader for a ``.weights.h5`` file.
+
+        Keras alone loads a deeper model's file into this one without a word (the extra
+        blocks ignored); here a file whose weights do not cover the model exactly is refused
+        naming the layers, before anything is assigned, unless ``skip_mismatch=True``.
+        """
+        path = os.fspath(filepath)
+        if path.endswith(".weights.h5") and os.path.isfile(path) and not skip_mismatch:
+            found = differences(written_tree(self), tensor_tree(path))
+            if found:
+                raise ValueError(describe_differences(path, found, self.name))
+        return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
 
     @property
     def num_tokens(self):

@@ -17,7 +17,8 @@ from keras_t2t.weights.detect import (
     detect_variant,
     weight_overrides,
 )
-from keras_t2t.weights.keras_weights import h5_mismatches, saved_classes, tensor_tree
+from keras_t2t.keras_files import tensor_tree
+from keras_t2t.weights.keras_weights import h5_mismatches, saved_classes
 from keras_t2t.weights.loading import (
     CHECKPOINT_SUFFIXES,
     NonFiniteWeightsWarning,

@@ -17,7 +17,6 @@ check passes; a load that fails half-way leaves the model as it was.
 """
 
 import os
-import tempfile
 import warnings
 
 import h5py
@@ -25,71 +24,8 @@ import keras
 import numpy as np
 
 from keras_t2t.layers.embeddings import SinusoidPositionEmbedding
-from keras_t2t.weights.mapping import HEADS, WeightLoadReport, few_names, resize_pos_embed, square_grid
-
-# How a refusal names each kind of difference.
-DIFFERENCES = {
-    "missing": "the model's layers the file lacks",
-    "unexpected": "the file's layers the model lacks",
-    "mismatched": "layers whose weights differ",
-}
-SKIP_HINT = ("Build the model the file was saved from, or pass skip_mismatch=True to load the weights that fit "
-             "and keep the model's own for the rest")
-
-
-def tensor_tree(path):
-    """{name: shape} of every tensor a weights file holds; a ValueError naming ``path`` when it is not one."""
-    tree = {}
-    try:
-        with h5py.File(path, "r") as handle:
-            handle.visititems(lambda name, obj: tree.__setitem__(name, tuple(int(n) for n in obj.shape))
-                              if isinstance(obj, h5py.Dataset) else None)
-    except OSError as error:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable Keras '.weights.h5' file ({error}).") from error
-    return tree
-
-
-def written_tree(model, layers=None):
-    """The ``tensor_tree`` Keras writes for ``model`` (only ``layers`` of its top-level layers, when given)."""
-    skip = [] if layers is None else [layer for layer in model.layers if layer not in layers and layer.weights]
-    with tempfile.TemporaryDirectory(prefix="keras_t2t-tree-") as folder:
-        path = os.path.join(folder, "model.weights.h5")
-        keras.saving.save_weights(model, path, objects_to_skip=skip)
-        return tensor_tree(path)
-
-
-def _group(name):
-    """The group a tensor belongs to: the top-level layer Keras wrote it under (``layers/<layer>``),
-    else its path up to Keras' ``vars``."""
-    parts = name.split("/")
-    if parts[0] == "layers" and len(parts) > 2:
-        return "/".join(parts[:2])
-    return name.rsplit("/vars/", 1)[0] if "/vars/" in name else os.path.dirname(name)
-
-
-def _groups(tree):
-    groups = {}
-    for name, shape in tree.items():
-        groups.setdefault(_group(name), {})[name] = shape
-    return groups
-
-
-def differences(expected, found):
-    """{kind: group names} where the file's tree ``found`` differs from the model's ``expected``; {} if equal.
-
-    The file's top-level parts the model does not write (a trained model's optimizer) are ignored.
-    """
-    roots = {name.split("/")[0] for name in expected}
-    found = {name: shape for name, shape in found.items() if name.split("/")[0] in roots}
-    want, have = _groups(expected), _groups(found)
-    result = {
-        "missing": sorted(group for group in want if group not in have),
-        "unexpected": [f"{group} ({len(have[group])} tensors)" for group in sorted(have) if group not in want],
-        "mismatched": [f"{group} (the file: {len(have[group])} tensors)" for group in sorted(want)
-                       if group in have and have[group] != want[group]],
-    }
-    return {kind: names for kind, names in result.items() if names}
-
+from keras_t2t.keras_files import describe_differences, differences, tensor_group, tensor_tree, written_tree
+from keras_t2t.weights.mapping import HEADS, WeightLoadReport, resize_pos_embed, square_grid
 
 def h5_mismatches(model, path):
     """``differences`` between what Keras writes for ``model`` and the file at ``path``; {} when it fits."""
@@ -144,7 +80,7 @@ def load_keras_weights(model, path, skip_mismatch=False, about=None):
     report = WeightLoadReport(loaded=len(model.weights), pos_embed_resized=None, **dict.fromkeys(HEADS), skipped=None)
     skip, table = [], None
     for role, (layer, tree) in _adaptable(model).items() if diff else ():
-        own = {_group(name) for name in tree}
+        own = {tensor_group(name) for name in tree}
         if not any(name.split(" ")[0] in own for names in diff.values() for name in names):
             continue
         if role == "pos_embed":
@@ -162,9 +98,7 @@ def load_keras_weights(model, path, skip_mismatch=False, about=None):
                         f"{layer.name} keeps its fresh initialisation" if classes is not None else
                         f"the weights have no {layer.name}; the model's {layer.name} keeps its fresh initialisation")
     if diff and not skip_mismatch:
-        parts = [f"{DIFFERENCES[kind]}: {few_names(names)}" for kind, names in diff.items()]
-        raise ValueError(f"{path!r} does not fit this model ({about or model.name}): its weights do not cover the "
-                         f"model exactly ({'; '.join(parts)}). {SKIP_HINT}.")
+        raise ValueError(describe_differences(path, diff, about or model.name))
     before = [keras.ops.convert_to_numpy(variable) for variable in model.weights]
     try:
         with warnings.catch_warnings():
@@ -183,7 +117,7 @@ def load_keras_weights(model, path, skip_mismatch=False, about=None):
     if diff:
         report["skipped"] = diff
         left = {name.split(" ")[0] for name in diff.get("missing", []) + diff.get("mismatched", [])}
-        report["loaded"] -= sum(1 for name in expected if _group(name) in left)
+        report["loaded"] -= sum(1 for name in expected if tensor_group(name) in left)
     return report
 
 

@@ -30,7 +30,8 @@ from keras_t2t.weights.mapping import (
     model_state_dict,
     variable_map,
 )
-from keras_t2t.weights.keras_weights import DIFFERENCES, load_keras_weights, saved_classes
+from keras_t2t.keras_files import DIFFERENCES
+from keras_t2t.weights.keras_weights import load_keras_weights, saved_classes
 from keras_t2t.weights.torch_pickle import load_state_dict_file
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")

@@ -15,6 +15,7 @@ import re
 import keras
 import numpy as np
 
+from keras_t2t.keras_files import few_names
 from keras_t2t.weights.torch_pickle import normalize_state_dict
 
 # How one of our arrays becomes the checkpoint's: "same"; "transpose" (a Dense kernel is a
@@ -315,21 +316,6 @@ def square_grid(num_tokens, model):
         f"model's grid is {model.grid_size[0]}x{model.grid_size[1]}; build the model at the size the "
         "weights were trained at."
     )
-
-
-def few_names(keys, limit=6):
-    """``a, b, c and 4 more (in blocks.4, blocks.5)``: at most ``limit`` names, then where all of them are
-    (the block, or the first part of the name); "none" for no names."""
-    if not keys:
-        return "none"
-    shown = ", ".join(keys[:limit])
-    if len(keys) <= limit:
-        return shown
-    more = f"{shown} and {len(keys) - limit} more"
-    where = list(dict.fromkeys(".".join(key.split(".")[:2 if key.startswith("blocks.") else 1]) for key in keys))
-    if len(where) == len(keys) or any(" " in key for key in keys):  # nothing to add, or not checkpoint keys
-        return more
-    return f"{more} (in {', '.join(where[:12])}{', ...' if len(where) > 12 else ''})"
 
 
 def describe_model(model):

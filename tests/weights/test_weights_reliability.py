@@ -279,3 +279,27 @@ def test_finite_weights_give_no_warning(files):
 def test_nothing_is_left_in_the_files_folder(files):
     assert sorted(os.listdir(files[0])) == sorted(
         f"d{d}{s}" for d in (4, 6) for s in (".weights.h5", ".keras", ".pth.tar"))
+
+
+def test_the_models_own_load_weights_refuses_a_deeper_models_file_as_the_package_does(files, tmp_path):
+    # Keras' model.load_weights alone took a T2T-ViT-10's file into a T2T-ViT-7 silently (issue 23, item 18).
+    folder, saved = files
+    model = mini(4)
+    before = model_state_dict(model)
+    with pytest.raises(ValueError) as error:
+        model.load_weights(folder / "d6.weights.h5")
+    assert "the file's layers the model lacks: layers/transformer_block_4" in str(error.value)
+    assert SKIP_HINT in str(error.value)
+    for key, value in model_state_dict(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    model.load_weights(folder / "d6.weights.h5", skip_mismatch=True)  # Keras' own way, asked for
+    model.load_weights(folder / "d4.weights.h5")  # the exact file, as before
+    for key, value in model_state_dict(model).items():
+        np.testing.assert_array_equal(value, saved[4][key], err_msg=key)
+    # A compiled model with its optimizer built reads a file saved without one, and one saved with one.
+    trained = mini(4)
+    trained.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    trained.fit(random_images(0, 4, 32, 32), np.zeros(4, "int32"), epochs=1, verbose=0)
+    trained.save_weights(tmp_path / "with_optimizer.weights.h5")
+    trained.load_weights(folder / "d4.weights.h5")
+    trained.load_weights(tmp_path / "with_optimizer.weights.h5")
