@@ -12,43 +12,33 @@ progress bar) from the release page or ``KERAS_T2T_WEIGHTS_URL``, check it,
 record its SHA-256 and convert it into a KerasHub preset folder in the cache
 (``$KERAS_HOME/keras_t2t/presets/<model>_<tag>``), so
 that ``keras_t2t.t2t_vit_14(weights="imagenet")`` then needs no network.
-``--refresh`` deletes what the cache holds of those weights (and its records)
-first. See ``keras_t2t.weights.pretrained``.
+``--refresh`` downloads those weights again whatever the cache records, and replaces
+the cached file (and its preset) only once the new one has arrived and passed its
+checks (a failed download leaves the cache as it was). See ``keras_t2t.weights.pretrained``.
 
 Exit codes: 0 success; 1 a fetch failed (one ``error:`` line per failure, the
 others still fetched); 2 bad arguments or settings (a cache folder that cannot be
-written included: checked before any download).
+written included: checked before any download). The parser and the entry point
+are ``keras_t2t.cli.commands`` (no Keras): ``main`` parses, then ``run`` works.
 """
 
 import os
 import sys
 
-from keras_t2t.cli.args import OneLineParser, UsageError, model_tag
-from keras_t2t.hub import presets
-from keras_t2t.models.presets import get_preset, list_weights
-from keras_t2t.weights import pretrained
+if __name__ == "__main__":  # python -m keras_t2t.cli.weights: parse before Keras is imported
+    from keras_t2t.cli.commands import weights as _command
 
-__all__ = ["build_parser", "main"]
+    sys.exit(_command())
 
+from keras_t2t.cli.args import UsageError  # noqa: E402
+from keras_t2t.cli.commands import one_line  # noqa: E402
+from keras_t2t.cli.commands import weights as main  # noqa: E402 - the entry point, parsing first
+from keras_t2t.cli.commands import weights_parser as build_parser  # noqa: E402
+from keras_t2t.hub import presets  # noqa: E402
+from keras_t2t.models.presets import get_preset, list_weights  # noqa: E402
+from keras_t2t.weights import pretrained  # noqa: E402
 
-def build_parser():
-    """The argument parser of ``keras-t2t-weights``."""
-    parser = OneLineParser(
-        prog="keras-t2t-weights",
-        description="The authors' released T2T-ViT weights by tag: list them, or fetch and convert them into "
-        "the cache ($KERAS_HOME/keras_t2t) for offline use. KERAS_T2T_WEIGHTS_URL replaces the release "
-        "page (an http(s):// or file:// URL, or a local folder holding the files).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    listing = commands.add_parser("list", help="every release row and what the cache holds of it")
-    listing.add_argument("--model", help="only this model's rows")
-    fetch = commands.add_parser("fetch", help="download, check and convert weights into the cache")
-    fetch.add_argument(
-        "weights", nargs="*", type=model_tag, metavar="MODEL:TAG", help="e.g. t2t_vit_14:imagenet t2t_vit_7:imagenet"
-    )
-    fetch.add_argument("--all", action="store_true", help="every release")
-    fetch.add_argument("--refresh", action="store_true", help="delete what the cache holds of them first")
-    return parser
+__all__ = ["build_parser", "main", "run"]
 
 
 def _cache_state(row):
@@ -85,11 +75,10 @@ def _fetch(args):
     for model, tag in dict.fromkeys(wanted):
         name = f"{model}:{tag}"
         try:
-            if args.refresh:
-                pretrained.forget(model, tag)
             release = pretrained.release_for(model, tag)
             print(f"{name}: {release.file} ({pretrained.release_url(release)})", flush=True)
-            pretrained.fetch_checkpoint(model, tag)
+            # --refresh: a new download replaces the cached file only once it has arrived and passed its checks.
+            (pretrained.refresh if args.refresh else pretrained.fetch_checkpoint)(model, tag)
             path = presets.preset_folder(f"{model}_{release.tag}")
         except (pretrained.WeightsFetchError, ValueError, OSError) as error:
             print(f"error: {name}: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
@@ -101,17 +90,10 @@ def _fetch(args):
     return 1 if failed else 0
 
 
-def main(argv=None):
-    """Entry point of ``keras-t2t-weights``; returns the exit code."""
+def run(args):
+    """Lists or fetches, as parsed ``args`` (``commands.weights_parser``) say; returns the exit code."""
     try:
-        args, code = build_parser().parse(argv)
-        if args is None:
-            return code
         return _list(args) if args.command == "list" else _fetch(args)
     except (UsageError, ValueError) as error:
-        print(f"error: {' '.join(str(error).split())} (see --help)", file=sys.stderr)
+        print(f"error: {one_line(error)} (see --help)", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

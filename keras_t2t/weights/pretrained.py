@@ -15,7 +15,10 @@ tag). ``checked_checkpoint`` gives it from the cache, ``$KERAS_HOME/keras_t2t``
    (``WeightsFetchError``, naming the URL, the setting and the manual route);
 3. its SHA-256 is recorded in ``index.json`` beside it, and checked whenever the
    cached file is used again: a file that no longer matches is fetched again,
-   never trusted (and a new download must match the first one's SHA-256);
+   never trusted (and a new download must match the first one's SHA-256); a file
+   with no record (put there by hand) is read and checked, then recorded; nothing
+   is deleted before a good download replaces it. A download that receives
+   nothing for ``KERAS_T2T_DOWNLOAD_TIMEOUT`` seconds (60) is given up;
 4. ``keras_t2t.hub.presets`` converts it once into the preset folder
    ``presets/<model>_<tag>/`` (``preset_cache_folder``), which later loads read
    through Keras without the PyTorch file.
@@ -26,10 +29,12 @@ under a final name (its hidden temporary is deleted by a later fetch once an
 hour old).
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
+import socket
 import urllib.parse
 
 import keras
@@ -56,10 +61,12 @@ __all__ = [
     "checked_checkpoint",
     "check_cache_dir",
     "fetch_checkpoint",
+    "download_timeout",
     "forget",
     "preset_cache_folder",
     "is_weights_tag",
     "read_index",
+    "refresh",
     "release_for",
     "release_url",
     "sha256_of",
@@ -68,6 +75,8 @@ __all__ = [
 ]
 
 URL_SETTING = "KERAS_T2T_WEIGHTS_URL"
+TIMEOUT_SETTING = "KERAS_T2T_DOWNLOAD_TIMEOUT"
+DEFAULT_TIMEOUT = 60.0  # seconds without a byte before a download is given up
 CACHE_SUBDIR = "keras_t2t"
 INDEX_NAME = "index.json"
 PRESETS_SUBDIR = "presets"
@@ -131,15 +140,45 @@ def weights_base_url():
     setting = os.environ.get(URL_SETTING, "").strip()
     if not setting:
         return RELEASES_URL
-    if urllib.parse.urlsplit(setting).scheme.lower() in ("http", "https", "file"):
-        return setting if setting.endswith("/") else setting + "/"
     accepted = "accepted: an http(s):// or file:// URL, or a local folder holding the release files"
+    try:
+        parts = urllib.parse.urlsplit(setting)
+        parts.port  # noqa: B018 - a port that is no number is refused here, not at the download
+    except ValueError as error:
+        raise ValueError(f"{URL_SETTING}={setting!r} is not a valid URL ({error}); {accepted}.") from None
+    if parts.scheme.lower() in ("http", "https", "file"):
+        return setting if setting.endswith("/") else setting + "/"
     if "://" in setting:
         raise ValueError(f"{URL_SETTING}={setting!r} has an unsupported scheme; {accepted}.")
     folder = os.path.abspath(os.path.expanduser(setting))
     if not os.path.isdir(folder):
         raise ValueError(f"{URL_SETTING}={setting!r} is not an existing folder; {accepted}.")
     return pathlib.Path(folder).as_uri() + "/"
+
+
+def download_timeout():
+    """Seconds a download may go without receiving anything (``KERAS_T2T_DOWNLOAD_TIMEOUT``, default 60)."""
+    setting = os.environ.get(TIMEOUT_SETTING, "").strip()
+    if not setting:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(setting)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_SETTING}={setting!r} must be a number of seconds > 0.")
+    return value
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds):
+    """``keras.utils.get_file`` opens its connection without a timeout: the default one, for the download."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def release_url(release):
@@ -203,18 +242,33 @@ def _writable():
     return folder
 
 
-def _verified(folder, name, redo):
-    """The path of a cached file matching its recorded SHA-256, else None (a file that does not is deleted)."""
-    path = os.path.join(folder, name)
+def _verified(folder, model_name, release):
+    """``(path, state dict or None, why not)`` of the cached release file.
+
+    A file matching its recorded SHA-256 is used as it is. One without a record (put there by
+    hand, the documented route for machines without network, or after ``index.json`` was
+    damaged) is read by the safe reader and checked against the release's model, classes and
+    image size: when it is that checkpoint it is recorded and used. A file that fails either
+    check is not used, but neither is it deleted: a download replaces it only once it has
+    arrived and passed the checks.
+    """
+    path = os.path.join(folder, release.file)
     if not os.path.isfile(path):
-        return None
-    record = read_index(folder).get(name)
-    if isinstance(record, dict) and record.get("sha256") == sha256_of(path):
-        return path
-    why = "does not match the SHA-256 recorded when it was written" if record else "has no SHA-256 record"
-    print(f"keras_t2t: the cached {path} {why}; not trusted, {redo} it again.")
-    remove_path(path)
-    return None
+        return None, None, None
+    record = read_index(folder).get(release.file)
+    digest = sha256_of(path)
+    if isinstance(record, dict) and record.get("sha256") == digest:
+        return path, None, None
+    if isinstance(record, dict) and record.get("sha256"):
+        return None, None, "does not match the SHA-256 recorded when it was written"
+    problem, state = _problem_with(path, model_name, release)
+    if problem:
+        return None, None, f"has no SHA-256 record and is not the release's checkpoint ({problem})"
+    _update_index(folder, {release.file: {"sha256": digest, "bytes": os.path.getsize(path),
+                                          "source": "found in the cache, checked by reading it"}})
+    print(f"keras_t2t: the cached {path} had no SHA-256 record; it was read, is {model_name}'s "
+          f"{release.tag!r} checkpoint, and is recorded now.")
+    return path, state, None
 
 
 def _fetch_error(model_name, release, url, problem):
@@ -251,25 +305,34 @@ def _problem_with(path, model_name, release):
     return None, state
 
 
-def _download(model_name, release, folder):
-    """Downloads and checks ``release``'s file into the cache; returns (path, state dict)."""
+def _download(model_name, release, folder, kept=False, replace=False):
+    """Downloads and checks ``release``'s file into the cache; returns (path, state dict).
+
+    ``kept``: a cached file that failed its checks is there (a failed download says it was
+    kept); ``replace``: a new file need not match the recorded SHA-256 (``refresh``).
+    """
     url = release_url(release)
+    timeout = download_timeout()  # a bad setting is refused before anything is written
     final = os.path.join(folder, release.file)
     suffix = ".pth.tar" if release.file.endswith(".pth.tar") else os.path.splitext(release.file)[1]
     temp = atomic_temp_file_like(final, suffix)
     try:
         try:
-            keras.utils.get_file(
-                fname=os.path.basename(temp), origin=url, cache_dir=folder, cache_subdir=folder, force_download=True
-            )
+            with _socket_timeout(timeout):
+                keras.utils.get_file(fname=os.path.basename(temp), origin=url, cache_dir=folder,
+                                     cache_subdir=folder, force_download=True)
         except Exception as error:  # get_file raises a bare Exception for URL failures
             reason = str(error) if type(error) is Exception else f"{type(error).__name__}: {error}"
+            if "timed out" in reason.lower():
+                reason += f" (no answer for {timeout:g} s; {TIMEOUT_SETTING} sets the wait)"
+            if kept:
+                reason += f"; the cached {release.file} that failed its check was kept"
             raise _fetch_error(model_name, release, url, reason) from error
         problem, state = _problem_with(temp, model_name, release)
         if problem:
             raise _fetch_error(model_name, release, url, problem)
         digest = sha256_of(temp)
-        record = read_index(folder).get(release.file)
+        record = None if replace else read_index(folder).get(release.file)
         if isinstance(record, dict) and record.get("sha256") not in (None, digest):
             raise _fetch_error(
                 model_name, release, url,
@@ -288,10 +351,13 @@ def _checkpoint(model_name, release):
     folder = _writable()
     # What killed downloads or conversions left (an active one's file is younger than an hour).
     remove_stale_temporaries(folder, [".*.partial-*"])
-    path = _verified(folder, release.file, "fetching")
-    if path is None:
-        return _download(model_name, release, folder)
-    return path, None
+    path, state, why = _verified(folder, model_name, release)
+    if path is not None:
+        return path, state
+    if why:
+        print(f"keras_t2t: the cached {os.path.join(folder, release.file)} {why}; not trusted, fetching it again "
+              "(it stays until a good download replaces it).")
+    return _download(model_name, release, folder, kept=why is not None)
 
 
 def fetch_checkpoint(model_name, tag):
@@ -315,6 +381,18 @@ def checked_checkpoint(model_name, tag):
 def preset_cache_folder(model_name, tag):
     """Where ``model_name``'s ``tag`` release is kept as a KerasHub preset (``keras_t2t.hub.presets``)."""
     return os.path.join(cache_dir(), PRESETS_SUBDIR, f"{model_name}_{release_for(model_name, tag).tag}")
+
+
+def refresh(model_name, tag):
+    """Fetches ``model_name``'s ``tag`` release file again whatever the cache records, and replaces the
+    cached file and preset only once the new file has arrived and passed its checks (a failed
+    download leaves the cache as it was). Returns the file's path."""
+    release = release_for(model_name, tag)
+    folder = _writable()
+    remove_stale_temporaries(folder, [".*.partial-*"])
+    path, _ = _download(model_name, release, folder, replace=True)
+    remove_path(preset_cache_folder(model_name, tag))  # converted from the old file: converted again on use
+    return path
 
 
 def forget(model_name, tag):

@@ -336,11 +336,11 @@ def test_a_new_download_must_match_the_first_ones_sha256(served, mirror, cache):
     with pytest.raises(pretrained.WeightsFetchError, match=rf"differs from {first}, recorded at the first download.*"
                                                            r"keras-t2t-weights fetch --refresh t2t_vit_7:imagenet"):
         pretrained.fetch_checkpoint("t2t_vit_7", "imagenet")
-    assert _cached(cache) == ["index.json"]  # the changed file deleted, the new one not kept
-    # --refresh forgets the record (forget() is what it calls before fetching).
-    pretrained.forget("t2t_vit_7", "imagenet")
-    pretrained.fetch_checkpoint("t2t_vit_7", "imagenet")
+    assert _cached(cache) == sorted([T7_FILE, "index.json"])  # the changed file kept, never used; the new one not kept
+    # --refresh takes the new file whatever the record says.
+    pretrained.refresh("t2t_vit_7", "imagenet")
     assert _index(cache)[T7_FILE]["sha256"] == hashlib.sha256(served.t7_other).hexdigest()
+    assert _bytes_of(cache / T7_FILE) == served.t7_other
 
 
 # === the CIFAR tags: the transfer-learning layout, 10 classes ===
@@ -414,3 +414,84 @@ def test_a_tag_loads_into_bfloat16_variables_close_to_the_reference(served, mirr
     key = "blocks.6.mlp.fc2.weight"
     np.testing.assert_array_equal(np.asarray(loaded[key], "float32"),
                                   np.asarray(served.ema[key]).astype(ml_dtypes.bfloat16).astype("float32"))
+
+
+# === issue 23: a cache that never deletes what it cannot replace; timeouts; bad URLs ===
+
+
+def _offline(monkeypatch):
+    monkeypatch.setenv(pretrained.URL_SETTING, f"http://127.0.0.1:{_closed_port()}/nothing/")
+
+
+def test_a_release_file_put_in_the_cache_by_hand_is_read_checked_and_recorded_offline(served, cache, monkeypatch,
+                                                                                     capsys):
+    # The documented route for a machine without network: copy the file into the cache.
+    cache.mkdir(parents=True)
+    (cache / T7_FILE).write_bytes(served.t7)
+    _offline(monkeypatch)
+    model = keras_t2t.t2t_vit_7(weights="imagenet", classifier_activation=None)
+    assert "had no SHA-256 record; it was read" in capsys.readouterr().out
+    assert _index(cache)[T7_FILE]["sha256"] == hashlib.sha256(served.t7).hexdigest()
+    images = random_images(3, 1, 224, 224)
+    np.testing.assert_allclose(_logits(model, images), ref.forward(served.ema, images, T7_CONFIG), atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_a_damaged_index_deletes_no_valid_file(served, mirror, cache, monkeypatch):
+    mirror.files[T7_FILE] = served.t7
+    pretrained.fetch_checkpoint("t2t_vit_7", "imagenet")
+    (cache / "index.json").write_text("{ this is not json")
+    _offline(monkeypatch)
+    assert pretrained.fetch_checkpoint("t2t_vit_7", "imagenet") == str(cache / T7_FILE)
+    assert _bytes_of(cache / T7_FILE) == served.t7 and T7_FILE in _index(cache)
+
+
+def test_an_unrecorded_file_that_is_not_the_release_is_kept_while_it_cannot_be_replaced(served, cache, monkeypatch):
+    cache.mkdir(parents=True)
+    (cache / T7_FILE).write_bytes(served.t10)  # another model's checkpoint under the name
+    _offline(monkeypatch)
+    with pytest.raises(pretrained.WeightsFetchError, match="failed its check was kept"):
+        pretrained.fetch_checkpoint("t2t_vit_7", "imagenet")
+    assert _bytes_of(cache / T7_FILE) == served.t10
+
+
+def test_refresh_keeps_the_cache_when_the_new_download_fails(served, mirror, cache, monkeypatch, capsys):
+    mirror.files[T7_FILE] = served.t7
+    assert weights_cli.main(["fetch", "t2t_vit_7:imagenet"]) == 0
+    preset = pretrained.preset_cache_folder("t2t_vit_7", "imagenet")
+    before = (_bytes_of(cache / T7_FILE), _index(cache), sorted(os.listdir(preset)))
+    mirror.faults[T7_FILE] = "short"  # the new download breaks off half-way
+    assert weights_cli.main(["fetch", "--refresh", "t2t_vit_7:imagenet"]) == 1
+    assert (_bytes_of(cache / T7_FILE), _index(cache), sorted(os.listdir(preset))) == before
+    assert not [name for name in os.listdir(cache) if "partial" in name]
+
+
+def test_a_mirror_that_never_answers_is_given_up_after_the_timeout_leaving_no_partial_file(cache, monkeypatch):
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    monkeypatch.setenv(pretrained.URL_SETTING, f"http://127.0.0.1:{listener.getsockname()[1]}/mute/")
+    monkeypatch.setenv(pretrained.TIMEOUT_SETTING, "1")
+    try:
+        with pytest.raises(pretrained.WeightsFetchError, match=r"timed out.*no answer for 1 s; "
+                                                               r"KERAS_T2T_DOWNLOAD_TIMEOUT"):
+            pretrained.fetch_checkpoint("t2t_vit_7", "imagenet")
+    finally:
+        listener.close()
+    assert accepted and _cached(cache) == []
+    monkeypatch.setenv(pretrained.TIMEOUT_SETTING, "soon")
+    with pytest.raises(ValueError, match="KERAS_T2T_DOWNLOAD_TIMEOUT='soon' must be a number of seconds > 0"):
+        pretrained.fetch_checkpoint("t2t_vit_7", "imagenet")
+
+
+@pytest.mark.parametrize("setting", ["http://[::1/", "http://mirror.example:port/"])
+def test_an_invalid_mirror_url_names_the_setting(cache, monkeypatch, capsys, setting):
+    monkeypatch.setenv(pretrained.URL_SETTING, setting)
+    with pytest.raises(ValueError, match=r"KERAS_T2T_WEIGHTS_URL='.*' is not a valid URL"):
+        pretrained.fetch_checkpoint("t2t_vit_7", "imagenet")
+    assert weights_cli.main(["fetch", "t2t_vit_7:imagenet"]) == 2
+    assert "KERAS_T2T_WEIGHTS_URL" in capsys.readouterr().err
