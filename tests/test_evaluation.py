@@ -258,6 +258,44 @@ def test_list_image_folder_errors(tmp_path):
 # --------------------------------------------------------------------------
 # evaluate_folder
 # --------------------------------------------------------------------------
+def _two_class_folder(root):
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), 40 if name == "a" else 200, "uint8")).save(root / name / f"{name}.png")
+    return root
+
+
+def test_a_link_back_up_the_tree_is_not_followed(tmp_path):
+    # Issue 23: with a/up -> .., evaluation counted 82 images where there are 2 (class b's, labelled a).
+    root = _two_class_folder(tmp_path / "data")
+    os.symlink("..", root / "a" / "up")
+    os.symlink(str(root), root / "b" / "root")  # an absolute link to the dataset itself
+    os.symlink(str(tmp_path), root / "b" / "above")  # and to a folder above it
+    paths, labels, names = list_image_folder(root)
+    assert (len(paths), labels, names) == (2, [0, 1], ["a", "b"])
+
+
+def test_two_link_cycles_are_listed_once_and_a_link_to_another_class_lists_nothing_twice(tmp_path):
+    root = _two_class_folder(tmp_path / "data")
+    os.symlink("../b", root / "a" / "to_b")
+    os.symlink("../a", root / "b" / "to_a")
+    os.makedirs(root / "b" / "deep")
+    os.symlink("..", root / "b" / "deep" / "loop")
+    paths, labels, _ = list_image_folder(root)
+    assert (len(paths), labels) == (2, [0, 1])
+
+
+def test_a_link_to_a_folder_outside_the_dataset_is_followed_once(tmp_path):
+    root = _two_class_folder(tmp_path / "data")
+    outside = tmp_path / "more_a"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), "uint8")).save(outside / "extra.png")
+    os.symlink(str(outside), root / "a" / "more")
+    os.symlink(str(outside), root / "a" / "same_again")
+    paths, labels, _ = list_image_folder(root)
+    assert labels == [0, 0, 1] and sum(p.endswith("extra.png") for p in paths) == 1
+
+
 def test_evaluate_folder_matches_numpy(image_folder):
     model, w, b = make_model(7, seed=3)
     res = evaluate_folder(model, image_folder, image_size=SIZE, batch_size=5, progress=False)

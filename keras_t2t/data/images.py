@@ -181,12 +181,7 @@ def list_image_folder(root):
     paths, labels = [], []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(root, name)
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(
-                os.path.join(dirpath, f) for f in sorted(filenames) if _is_image_file(f)
-            )
+        found = image_files_under(class_dir, root)
         if not found:
             raise ValueError(
                 f"Class folder {class_dir!r} holds no image file "
@@ -196,6 +191,35 @@ def list_image_folder(root):
         paths.extend(found)
         labels.extend([label] * len(found))
     return paths, labels, class_names
+
+
+def image_files_under(top, root=None):
+    """Every image file under ``top`` (recursively, sorted; hidden entries skipped), each folder once.
+
+    A link to a folder is followed once, and never back into ``root`` (the dataset, ``top``
+    by default) or above it: a link to an ancestor (``a/up -> ..``) would list the dataset
+    again, under another class; a link into another part of the dataset lists nothing
+    that is not listed already. Followed links to folders outside are listed like folders.
+    """
+    root_real = os.path.realpath(root if root is not None else top)
+    seen = {os.path.realpath(top)}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            real = os.path.realpath(path)
+            above = root_real == real or root_real.startswith(real.rstrip(os.sep) + os.sep)
+            inside = real.startswith(root_real + os.sep)
+            if real in seen or above or (os.path.islink(path) and inside):
+                continue
+            seen.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image_file(f))
+    return found
 
 
 def preprocess_input(x, data_format=None):

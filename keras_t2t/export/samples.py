@@ -12,6 +12,7 @@ from PIL import Image
 
 from keras_t2t.data.images import (
     IMAGE_EXTENSIONS,
+    image_files_under,
     IMAGENET_MEAN,
     IMAGENET_STD,
     eval_transform,
@@ -27,14 +28,7 @@ def image_files(root, what):
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ExportError(f"The {what} folder {root!r} does not exist or is not a folder.")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.join(dirpath, name)
-            for name in sorted(filenames)
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+    found = image_files_under(root)
     if not found:
         raise ExportError(
             f"The {what} folder {root!r} holds no image files (looked recursively for "
