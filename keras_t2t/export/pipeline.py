@@ -44,7 +44,7 @@ from keras_t2t.export.loading import (
     fit_to_input,
     resolve_for_export,
 )
-from keras_t2t.export.labels import training_class_names
+from keras_t2t.export.labels import IMAGENET, read_labels_file, release_tag_names, training_class_names
 from keras_t2t.export.report import (
     LABELS_FILE,
     REPORT_FILE,
@@ -180,7 +180,7 @@ def export_with_options(model, output_dir, options, verbose, origin=None):
     # === every check before anything is written (and before another process is started) ===
     check_model_argument(model, variant, weights, options.get("image_size"), options.get("classes"))
     plan = _plan(os.fspath(output_dir), **options)
-    plan["trained_labels"] = training_class_names(model if variant is None else weights)
+    plan["trained_labels"] = training_class_names(model) if variant is None else release_tag_names(weights)
     resolved = resolve_for_export(model, variant=variant, weights=weights, image_size=options.get("image_size"),
                                   classes=options.get("classes"))
     model_source, preprocessing = resolved.description, resolved.preprocessing
@@ -314,23 +314,29 @@ def _plan(output_dir, *, formats, representative_dir, representative_tfds, num_c
 def resolve_labels(labels, classes, trained=None):
     """``(class names, where they came from)`` for a model with ``classes`` classes; ExportError if they do not fit.
 
-    Without ``labels``: ``trained`` (the class names its training run recorded, from
-    ``export.labels.training_class_names``) when they fit, else ImageNet's or ``class_<i>``.
+    Without ``labels``: ``trained`` (the class names its training run recorded, or an ImageNet
+    release's, from ``export.labels``) when they fit, else ``class_<i>``, the source saying why
+    (a recorded list of another length, an unreadable ``summary.json``, a 1000-class model with no
+    names: ``labels="imagenet"`` asks for ImageNet-1k's). ``labels``: a list, a file (one per
+    line, UTF-8) or ``"imagenet"``.
     """
     if labels is None:
-        if trained is not None and len(trained[0]) == classes:
+        if trained is not None and trained[0] is not None and len(trained[0]) == classes:
             return trained
-        if classes == 1000:
-            return list(imagenet_class_names()), "imagenet"
-        return [f"class_{i}" for i in range(classes)], "generic (no labels given)"
+        why = "no class names recorded"
+        if trained is not None and trained[0] is None:
+            why = f"the recorded class names cannot be used: {trained[1]}"
+        elif trained is not None:
+            why = f"{trained[1]} records {len(trained[0])} class names, the model has {classes} classes"
+        hint = ("; pass --labels imagenet if it was trained on ImageNet-1k, or --labels FILE" if classes == 1000
+                else "; pass --labels FILE (one name per line)")
+        return [f"class_{i}" for i in range(classes)], f"generic class_<i> ({why}{hint})"
     source = "list"
-    if isinstance(labels, (str, os.PathLike)):
+    if isinstance(labels, str) and labels.lower() == IMAGENET and not os.path.exists(labels):
+        labels, source = list(imagenet_class_names()), "imagenet (--labels imagenet)"
+    elif isinstance(labels, (str, os.PathLike)):
         source = os.fspath(labels)
-        try:
-            with open(labels, encoding="utf-8") as handle:
-                labels = [line.rstrip("\n") for line in handle if line.strip()]
-        except OSError as error:
-            raise ExportError(f"Cannot read the labels file {os.fspath(labels)!r}: {error}") from error
+        labels = read_labels_file(labels)
     labels = [str(label) for label in labels]
     if len(labels) != classes:
         raise ExportError(f"{len(labels)} labels were given for a model with {classes} classes.")
@@ -439,7 +445,8 @@ def _export(source, classifier, plan, model_source, verbose):
     try:
         say(f"keras_t2t.export: {classifier.name} ({height}x{width}, {num_classes} classes) -> {output_dir}")
         say(f"  model: {model_source}")
-        say(f"  {preprocessing.describe()}", flush=True)
+        say(f"  {preprocessing.describe()}")
+        say(f"  labels: {label_source}", flush=True)
         saved_model_dir = None
         if any(f == SAVED_MODEL or format_spec(f).reads_saved_model for f in formats):
             saved_model_dir = _new_temp(staging.path, format_spec(SAVED_MODEL), temps)

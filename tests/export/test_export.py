@@ -94,7 +94,8 @@ def t2t_vit_7_export(tmp_path_factory):
     representative = write_photo_crops(root / "representative", 8, seed=1)
     out = str(root / "export")
     report = export_model(
-        model, out, representative_dir=representative, num_calibration=8, num_samples=8, latency_runs=2
+        model, out, representative_dir=representative, num_calibration=8, num_samples=8, latency_runs=2,
+        labels="imagenet",  # asked for: a 1000-class model with no names gets class_<i> otherwise
     )
     return model, out, report
 
@@ -182,7 +183,7 @@ def test_labels_travel_with_the_models(t2t_vit_7_export):
     with open(os.path.join(out, "labels.txt"), encoding="utf-8") as handle:
         labels = handle.read().splitlines()
     assert len(labels) == 1000 and labels[0] == "tench"
-    assert report["labels"] == {"file": "labels.txt", "source": "imagenet"}
+    assert report["labels"] == {"file": "labels.txt", "source": "imagenet (--labels imagenet)"}
 
 
 # --------------------------------------------------------------------------
