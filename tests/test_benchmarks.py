@@ -4,7 +4,10 @@ and ``--dtype`` (the dtype of the plain cases, recorded on every row).
 
 The full quick runs: TensorFlow backend only (CI budget: ~2 min on 2 cores); the
 ``--dtype`` runs (two cases at 32x32) on every backend, each on its own. The numbers
-of a quick run are not checked, only that they exist.
+of a quick run are not checked, only that they exist: speed never fails a test, and
+the runs' only wall-clock limit (``HANG_S``) catches a hang, not a slow machine. The
+bfloat16 agreement columns are held to ``helpers.bfloat16_logit_bound``, the bound of
+every CPU kind (issue 22).
 """
 
 import importlib.util
@@ -16,7 +19,7 @@ import sys
 
 import keras
 import pytest
-from helpers import REPO
+from helpers import BFLOAT16_MIN_TOP1_AGREEMENT, REPO, bfloat16_logit_bound, keras_file_config, t2t_depth
 
 from benchmarks.cases import AGREEMENT_MODEL, case_dtype
 from keras_t2t.precision import DTYPE_CHOICES, ISA_FLAGS
@@ -26,6 +29,12 @@ BACKEND = keras.backend.backend()
 ALL_CASES = ("infer_b32", "latency_b1", "tflite_b1", "tflite_int8_b1", "infer_b32_bf16", "infer_b32_bfloat16",
              "latency_b1_bfloat16", "train_b32", "train_b32_mixed_bf16")  # on TensorFlow
 BF16_CASES = ("infer_b32_bf16", "infer_b32_bfloat16", "latency_b1_bfloat16", "train_b32_mixed_bf16")
+# A quick run takes ~2 min alone and was seen past 5 min in the full suite on 2 cores: the limit
+# only stops a hung run (the runner's own --timeout is 1800 s per case).
+HANG_S = 3600
+# The agreement columns' model (the digits-trained mini, depth 4 + 1 T2T layer): its bound, 0.070
+# (measured 0.011-0.022 with oneDNN or XLA, 0.047 on an AVX2-only CPU; see helpers).
+AGREEMENT_BOUND = bfloat16_logit_bound(t2t_depth(keras_file_config(AGREEMENT_MODEL)))
 
 on_tensorflow = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -40,6 +49,16 @@ def _load_run():
     return module
 
 
+def _assert_agreement(row):
+    """A bfloat16 row's agreement columns: the issue's top-1 promise, and a nonzero logit error (the
+    model did run in bfloat16) within the bound of every CPU kind."""
+    error = row["max_relative_logit_error"]
+    assert row["top1_agreement"] >= BFLOAT16_MIN_TOP1_AGREEMENT, (row["case"], row["top1_agreement"], error)
+    assert 0.0 < error <= AGREEMENT_BOUND, (
+        f"{row['case']}: relative logit error {error:.4f}, bound {AGREEMENT_BOUND:.4f}"
+    )
+
+
 def _quick_run(out, *extra, fault=None, backend="tensorflow"):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("T2T_BENCH_TEST_FAULT", None)
@@ -52,7 +71,7 @@ def _quick_run(out, *extra, fault=None, backend="tensorflow"):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
         check=False,
     )
     report_path = out / "results.json"
@@ -69,7 +88,7 @@ def test_quick_run_writes_reports(tmp_path):
     assert report["quick"] is True
     for key in ("date", "machine", "versions", "peak", "settings", "results"):
         assert key in report
-    assert 0 < report["wall_s"] < 300
+    assert report["wall_s"] > 0
     assert (
         report["machine"]["cpus"] >= 1 and len(report["machine"]["loadavg_before"]) == 3
     )
@@ -95,7 +114,7 @@ def test_quick_run_writes_reports(tmp_path):
         # The agreement column comes from the trained digits model on its 359 validation digits.
         bf16 = cases[name]
         assert bf16["agreement_model"].endswith("digits_t2t_vit_mini/model.keras") and bf16["agreement_images"] == 359
-        assert bf16["top1_agreement"] >= 0.995 and 0.0 < bf16["max_relative_logit_error"] < 0.03
+        _assert_agreement(bf16)
     with open("/proc/cpuinfo") as handle:
         words = handle.read().split()
     assert report["machine"]["isa_flags"] == [f for f in ISA_FLAGS if f in words]
@@ -142,14 +161,16 @@ def test_quick_run_writes_reports(tmp_path):
 @on_tensorflow
 def test_failing_and_timed_out_cases_do_not_stop_the_others(tmp_path):
     # The test hook (benchmarks/run.py's docstring): infer_b32 raises, tflite_b1 sleeps past the
-    # timeout. The timeout is far above what the other cases take (a few seconds each at quick size).
-    timeout = 25
+    # timeout. --timeout also limits every other case and each child's start-up; they take 3-10 s
+    # each alone (the int8 conversion the longest), so 120 s leaves a loaded machine 12 times
+    # that before a sound case is killed. The sleep is far longer: the kill, not its end, stops it.
+    timeout, sleep = 120, HANG_S
     proc, report = _quick_run(
         tmp_path / "results",
         "--cases", "infer_b32,latency_b1,tflite_b1,tflite_int8_b1",
         "--timeout", str(timeout),
         "--keep-freed-memory",
-        fault="infer_b32:raise,tflite_b1:sleep=600",
+        fault=f"infer_b32:raise,tflite_b1:sleep={sleep}",
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     # --keep-freed-memory reaches the children (they run with it, and the report says so).
@@ -167,7 +188,7 @@ def test_failing_and_timed_out_cases_do_not_stop_the_others(tmp_path):
     # (b) The case over --timeout is killed with its child; a new child runs the rest.
     timed_out = cases["tflite_b1"]
     assert timed_out["status"] == "failed" and timed_out["error"] == f"timed out after {timeout} s"
-    assert timeout <= timed_out["wall_s"] < timeout + 20
+    assert timeout <= timed_out["wall_s"] < sleep
     assert cases["tflite_int8_b1"]["status"] == "ok", cases["tflite_int8_b1"]
     assert cases["tflite_int8_b1"]["pid"] != timed_out["pid"]
 
@@ -220,13 +241,14 @@ def test_dtype_bfloat16_runs_the_plain_cases_in_bfloat16_and_trains_mixed(tmp_pa
     # Built as the commands build it: on TensorFlow without XLA (oneDNN's bfloat16 matmul).
     assert infer["compiled"] is (BACKEND == "jax")
     assert infer["agreement_model"] == str(agreement_model) and infer["agreement_images"] == 359
-    assert infer["top1_agreement"] >= 0.995 and 0.0 < infer["max_relative_logit_error"] < 0.03
+    _assert_agreement(infer)
 
     train = rows["train_b32"]
     assert train["dtype"] == "mixed_bfloat16"
     assert train["dtype_reason"] == ("as requested; trained under mixed_bfloat16 (float32 variables): "
                                      "pure bfloat16 training is not offered")
-    assert train["agreement_model"] == str(agreement_model) and train["top1_agreement"] >= 0.995
+    assert train["agreement_model"] == str(agreement_model)
+    _assert_agreement(train)
 
     assert "--dtype bfloat16 for infer_b32, latency_b1, train_b32" in markdown
     assert f"| {BACKEND} | t2t_vit_7 | infer_b32 | bfloat16 |" in markdown

@@ -15,18 +15,23 @@ import pytest
 
 import keras_t2t
 import reference as ref
-from helpers import random_images, save_authors_checkpoint
+from helpers import (BFLOAT16_MIN_TOP1_AGREEMENT, assert_bfloat16_logits_close, random_images,
+                     save_authors_checkpoint, t2t_depth)
 from keras_t2t import precision
 from keras_t2t.data.digits import load_digits_images
 
 TRAINED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "export", "fixtures", "digits_t2t_vit_mini",
                        "model.keras")
-# The issue's target: top-1 agreement of bfloat16 with float32 on trained weights.
-MIN_AGREEMENT = 0.995
-# Largest |logit difference| over the largest |logit|, measured 1.1-2.2% on the three backends
-# (7.6% with the images rounded to bfloat16 before the first soft split); the margin is for
-# other CPUs' bfloat16 kernels.
-MAX_RELATIVE_LOGIT_ERROR = 0.04
+# The bfloat16 logits against float32 (issue 22): within helpers.bfloat16_logit_bound of the
+# model's depth, which argues the bound from bfloat16's 8 bits and lists what it was checked
+# against (0.070 for the mini; measured 0.011-0.022 with oneDNN or XLA, 0.047 on an AVX2-only
+# CPU, where TensorFlow runs Eigen's bfloat16 kernels). Top-1: an image whose float32 top two
+# are within twice the bound of each other is a near-tie that a legitimate rounding may swap;
+# every other image must keep its top-1 (helpers.assert_bfloat16_logits_close). On trained
+# weights the issue's promise holds on top: 99.5% agreement, near-ties included (at most one of
+# the 359 validation digits changes; 5 of them are near-ties at the mini's bound, the closest
+# 0.054 of the largest logit apart, 17 times the worst per-logit rms error measured, 0.0032:
+# none changed on any CPU or backend measured).
 
 
 def _np(x):
@@ -38,10 +43,6 @@ def _logits_model(model):
     twin = model.__class__.from_config(dict(model.get_config(), classifier_activation=None))
     twin.set_weights(model.get_weights())
     return twin
-
-
-def _relative_error(got, want):
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,7 @@ def test_trained_model_in_bfloat16_agrees_with_float32_on_the_validation_digits(
     assert precision.compute_dtype(model) == "bfloat16"
     want = _np(trained32.predict(images, batch_size=128, verbose=0))
     got = _np(model.predict(images, batch_size=128, verbose=0))
-    agreement = float(np.mean(got.argmax(-1) == want.argmax(-1)))
-    assert agreement >= MIN_AGREEMENT, (agreement, len(images))
-    assert _relative_error(got, want) <= MAX_RELATIVE_LOGIT_ERROR
+    assert_bfloat16_logits_close(got, want, t2t_depth(trained32.get_config()), BFLOAT16_MIN_TOP1_AGREEMENT)
     # The model is a trained one: float32 is right on most validation digits.
     assert np.mean(want.argmax(-1) == labels) > 0.9
 
@@ -95,8 +94,7 @@ def test_builder_loads_a_float32_file_into_bfloat16_variables(trained32, digits_
     images = digits_val[0][:64]
     want = _np(trained32(images))
     got = _np(model(images))
-    assert _relative_error(got, want) <= MAX_RELATIVE_LOGIT_ERROR
-    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 63 / 64
+    assert_bfloat16_logits_close(got, want, t2t_depth(trained32.get_config()), min_agreement=63 / 64)
 
 
 @pytest.mark.parametrize("t2t_type", ["performer", "transformer"])
@@ -111,11 +109,10 @@ def test_authors_checkpoint_into_bfloat16_matches_the_numpy_reference(tmp_path, 
     images = random_images(5, 4, 224, 224)
     want = ref.forward(ema, images, config)
     got = _np(model(images))
-    assert _relative_error(got, want) <= MAX_RELATIVE_LOGIT_ERROR
-    # Top-1 where the reference is decisive (its top two at least 5% of the largest logit apart).
-    top2 = np.sort(want, axis=-1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) > 0.05 * np.abs(want).max()
-    assert np.array_equal(got.argmax(-1)[decisive], want.argmax(-1)[decisive])
+    # Depth 2 + the 224 stem's 2 T2T layers: bound 0.0625, measured 0.007-0.015. Random weights
+    # and 1000 classes make near-ties (top-two gaps 0.6-5.5% of the largest logit): top-1 is
+    # checked only where the bound cannot swap it, here on none of the four images.
+    assert_bfloat16_logits_close(got, want, t2t_depth(model.get_config()))
 
 
 def test_restructurize_is_the_reshape_of_the_reference_and_sits_in_the_t2t_module():
