@@ -41,7 +41,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def _page_faults(mode):
     path = os.path.join(REPO, "keras_t2t", "allocator.py")
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, mode, path], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", _CHILD, mode, path], capture_output=True, text=True, timeout=3600, check=True
     )
     return int(out.stdout.strip())
 
@@ -62,7 +62,7 @@ def test_returns_what_it_set():
         "print(keep_freed_memory(8 * 2**20, 2**30) == {'mmap_threshold': 8 * 2**20, 'trim_threshold': 2**30})"
     )
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600, env=env, check=True)
     assert out.stdout.strip().splitlines()[-1] == "True", out.stdout + out.stderr[-2000:]
 
 

@@ -57,7 +57,7 @@ def counts_only(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--no-timing", "--models", "t2t_vit_7,resnet50", "--output", str(out),
          "--note", "a test run"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=3600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads((out / "compare_resnet.json").read_text()), (out / "compare_resnet.md").read_text()

@@ -390,7 +390,7 @@ def test_cli_end_to_end(image_folder, tmp_path):
             "--model", str(model_path), "--data-dir", str(image_folder),
             "--batch-size", "4", "--output", str(out), "--no-progress",
         ],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())

@@ -116,7 +116,7 @@ def test_imagenet_weights_offline_fail_in_one_line_naming_the_manual_route(tmp_p
     result = subprocess.run(
         [sys.executable, "-m", "keras_t2t.cli.visualize", "--model", "resnet50", "--weights", "imagenet",
          "--image-size", "32", "--output-dir", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+        env=env, capture_output=True, text=True, timeout=3600, cwd=REPO,
     )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1, result.stderr[-2000:]

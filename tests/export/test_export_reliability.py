@@ -201,7 +201,7 @@ def test_a_kill_leaves_the_old_or_the_new_export_whole_and_the_next_export_clean
         (out / name).write_bytes(data)
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(out), when], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=3600)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     new = {"model.onnx": b"new model", "labels.txt": b"new labels", "report.json": b"new report"}
     assert snapshot(str(out)) == (old if when == "before the switch" else new)
@@ -319,7 +319,7 @@ def test_an_unknown_keras_backend_is_one_line_naming_the_valid_ones_with_exit_2(
     env = dict(os.environ, KERAS_BACKEND="bogus", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, *command, "--model", models["good"], "--output-dir", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        env=env, capture_output=True, text=True, timeout=3600, cwd=str(tmp_path),
     )
     assert result.returncode == 2, result.stderr[-2000:]
     # tflite/convert.py imports TensorFlow before it can check (it then sets the backend itself), and

@@ -376,7 +376,7 @@ def test_python_dash_m_entry_point_converts(tmp_path, t7):
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     result = subprocess.run(
         [sys.executable, "-m", "keras_t2t.convert_cli", str(t7.path), "--output", str(output)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=env, capture_output=True, text=True, timeout=3600, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "variant: t2t_vit_7 (detected)" in result.stdout and f"wrote {output}" in result.stdout
