@@ -16,10 +16,13 @@ Tensors come back as ``numpy.ndarray`` (``bfloat16`` as ``float32``),
 as :class:`CheckpointNamespace`, ``torch.dtype``/``torch.device`` as strings.
 Anything else is refused with :class:`CheckpointError`.
 
-Sizes are checked before anything is inflated (every zip record against what
-the pickle declares of it, the pickle against ``MAX_PICKLE_BYTES``, the tensors'
-total against ``MAX_CHECKPOINT_BYTES``), so a small file claiming gigabytes (a
-deflate bomb) is refused while it is still small.
+Sizes are checked before anything is inflated: every zip record against what the
+pickle declares of it, the pickle against ``MAX_PICKLE_BYTES``, and against
+``max_bytes`` (``MAX_CHECKPOINT_BYTES``) the storages and the arrays they will
+become (each tensor as built: a view in full, a stride-0 expansion expanded; none
+outside its storage or larger than the largest model). Records inflate through a
+decompressor capped at what their header declares, never trusting it. So reading
+holds at most the storages plus the arrays: about twice ``max_bytes`` at the peak.
 
 Public API: :func:`read_checkpoint`, :func:`extract_state_dict`,
 :func:`load_state_dict_file`, :func:`normalize_state_dict` and :class:`CheckpointError`.
@@ -37,23 +40,15 @@ import pickle
 import struct
 import types
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
 __all__ = [
-    "ALLOWED_GLOBALS",
-    "DATA_PARALLEL_PREFIX",
-    "LARGEST_MODEL_WEIGHTS",
-    "MAX_CHECKPOINT_BYTES",
-    "MAX_PICKLE_BYTES",
-    "CheckpointError",
-    "CheckpointNamespace",
-    "CheckpointNotFoundError",
-    "extract_state_dict",
-    "load_state_dict_file",
-    "normalize_state_dict",
-    "read_checkpoint",
+    "ALLOWED_GLOBALS", "DATA_PARALLEL_PREFIX", "LARGEST_MODEL_WEIGHTS", "MAX_CHECKPOINT_BYTES", "MAX_PICKLE_BYTES",
+    "CheckpointError", "CheckpointNamespace", "CheckpointNotFoundError", "extract_state_dict", "load_state_dict_file",
+    "normalize_state_dict", "read_checkpoint",
 ]
 
 _ACCEPTED = (
@@ -74,6 +69,10 @@ MAX_CHECKPOINT_BYTES = 4 * 4 * 2 * LARGEST_MODEL_WEIGHTS
 MAX_PICKLE_BYTES = 16 << 20
 # The byteorder record: "little" or "big".
 _MAX_BYTEORDER_BYTES = 16
+# What a zip record is read and inflated by at a time.
+_CHUNK = 1 << 18
+_RAISE_LIMIT = ("For a bigger checkpoint of your own, pass max_bytes= to "
+                "keras_t2t.weights.torch_pickle.read_checkpoint or load_state_dict_file.")
 
 # Magic number and protocol version at the start of a legacy torch.save file.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -98,33 +97,16 @@ class CheckpointNamespace(types.SimpleNamespace):
 # is read with the file's byte order; "bf16" is read as uint16 and widened to
 # float32, "bool" is read as uint8 and compared with 0.
 _DTYPE_SPECS = {
-    "float64": ("f8", 8),
-    "float32": ("f4", 4),
-    "float16": ("f2", 2),
-    "bfloat16": ("u2", 2),
-    "int64": ("i8", 8),
-    "int32": ("i4", 4),
-    "int16": ("i2", 2),
-    "int8": ("i1", 1),
-    "uint8": ("u1", 1),
-    "uint16": ("u2", 2),
-    "uint32": ("u4", 4),
-    "uint64": ("u8", 8),
-    "bool": ("u1", 1),
-    "complex64": ("c8", 8),
-    "complex128": ("c16", 16),
+    "float64": ("f8", 8), "float32": ("f4", 4), "float16": ("f2", 2), "bfloat16": ("u2", 2),
+    "int64": ("i8", 8), "int32": ("i4", 4), "int16": ("i2", 2), "int8": ("i1", 1),
+    "uint8": ("u1", 1), "uint16": ("u2", 2), "uint32": ("u4", 4), "uint64": ("u8", 8),
+    "bool": ("u1", 1), "complex64": ("c8", 8), "complex128": ("c16", 16),
 }
 
 # Attribute names of torch dtypes that may appear as globals ("torch.float").
 _TORCH_DTYPE_ALIASES = {
-    "float": "float32",
-    "double": "float64",
-    "half": "float16",
-    "long": "int64",
-    "int": "int32",
-    "short": "int16",
-    "cfloat": "complex64",
-    "cdouble": "complex128",
+    "float": "float32", "double": "float64", "half": "float16", "long": "int64",
+    "int": "int32", "short": "int16", "cfloat": "complex64", "cdouble": "complex128",
 }
 _TORCH_DTYPE_ALIASES.update({name: name for name in _DTYPE_SPECS})
 
@@ -137,27 +119,15 @@ _UNSUPPORTED_DTYPES = frozenset(
 
 # Legacy typed storage class -> dtype of its elements.
 _STORAGE_TYPES = {
-    "DoubleStorage": "float64",
-    "FloatStorage": "float32",
-    "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64",
-    "IntStorage": "int32",
-    "ShortStorage": "int16",
-    "CharStorage": "int8",
-    "ByteStorage": "uint8",
-    "BoolStorage": "bool",
-    "ComplexFloatStorage": "complex64",
-    "ComplexDoubleStorage": "complex128",
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+    "ByteStorage": "uint8", "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
 }
-_QUANTIZED_STORAGES = frozenset(
-    {"QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage", "QUInt2x4Storage"}
-)
+_QUANTIZED_STORAGES = frozenset("QInt8Storage QInt32Storage QUInt8Storage QUInt4x2Storage QUInt2x4Storage".split())
 
 # numpy scalar dtypes accepted inside ``numpy.core.multiarray.scalar``.
-_NUMPY_SCALAR_CODES = frozenset(
-    {"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1", "c8", "c16"}
-)
+_NUMPY_SCALAR_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1", "c8", "c16"})
 
 
 class _ReadOnly:
@@ -293,11 +263,13 @@ class _Callable(_ReadOnly):
         return self._name
 
 
-def _widen(arr, dtype):
-    """``arr`` as read from storage, with bfloat16 (read as uint16) made float32 and bool (read as uint8) bool."""
+def _converted(raw, dtype):
+    """A new native-order array of ``raw`` (as stored) in one allocation: bfloat16 (read as uint16) as float32, bool."""
     if dtype == "bfloat16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr != 0 if dtype == "bool" else arr
+        wide = raw.astype(np.uint32, order="C")
+        wide <<= 16
+        return wide.view(np.float32)
+    return raw != 0 if dtype == "bool" else raw.astype(raw.dtype.newbyteorder("="), order="C")
 
 
 def _int_tuple(value, what):
@@ -519,9 +491,57 @@ class _Reader:
             raise CheckpointError(
                 f"{self.path}: the checkpoint declares {total:,} bytes of tensors, more than the {self.max_bytes:,} "
                 f"allowed (weights, EMA and optimizer state of the largest model, {LARGEST_MODEL_WEIGHTS:,} "
-                "weights, twice over); nothing was inflated. For a bigger checkpoint of your own, pass "
-                "max_bytes= to keras_t2t.weights.torch_pickle.read_checkpoint or load_state_dict_file."
+                f"weights, twice over); nothing was inflated. {_RAISE_LIMIT}"
             )
+
+    def check_arrays(self, obj):
+        """Refuses a tensor outside its storage, or arrays beyond the limits, before any record is inflated.
+
+        Counted as ``finalize`` builds them: each tensor or bare storage an array of its own (a view
+        of a shared storage in full, a stride-0 expansion at its expanded size), none holding more
+        elements than the largest model has weights (more under a raised ``max_bytes``).
+        """
+        max_numel = max(LARGEST_MODEL_WEIGHTS, self.max_bytes * LARGEST_MODEL_WEIGHTS // MAX_CHECKPOINT_BYTES)
+        total, arrays, largest, seen, stack = 0, 0, (-1, ""), set(), [(obj, "")]
+        while stack:
+            o, name = stack.pop()
+            if id(o) in seen:  # every id stays alive in ``obj``: none is reused during the walk
+                continue
+            seen.add(id(o))
+            if type(o) in (_TensorRef, _StorageRef):
+                what = f"{'tensor' if type(o) is _TensorRef else 'storage'} '{name}'"
+                nbytes = self.array_bytes(o, what, max_numel)
+                total, arrays, largest = total + nbytes, arrays + 1, max(largest, (nbytes, what))
+            elif isinstance(o, (dict, CheckpointNamespace, list, tuple, slice)):
+                items = (dict.items(o) if isinstance(o, dict) else vars(o).items() if isinstance(o, CheckpointNamespace)
+                         else enumerate((o.start, o.stop, o.step) if type(o) is slice else o))
+                stack.extend((v, f"{name}.{k}" if name else str(k)) for k, v in reversed(list(items)))
+        if total > self.max_bytes:
+            raise CheckpointError(
+                f"{self.path}: its tensors would become {total:,} bytes of arrays ({arrays} arrays, the largest "
+                f"{largest[1]} of {largest[0]:,} bytes; a view of a shared storage or a stride-0 expansion is an "
+                f"array of its own), more than the {self.max_bytes:,} allowed; nothing was inflated. {_RAISE_LIMIT}"
+            )
+
+    def array_bytes(self, ref, what, max_numel):
+        if ref.dtype not in _DTYPE_SPECS:
+            raise CheckpointError(f"{self.path}: {what} of dtype torch.{ref.dtype} cannot be converted to numpy")
+        item = _DTYPE_SPECS[ref.dtype][1]
+        numel = ref.nbytes // item if type(ref) is _StorageRef else math.prod(ref.size)
+        if type(ref) is _TensorRef and numel:
+            count = ref.storage.nbytes // item
+            if (extent := ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))) >= count:
+                raise CheckpointError(
+                    f"{self.path}: {what} (offset {ref.offset}, size {ref.size}, stride {ref.stride}) reaches "
+                    f"element {extent:,} but its storage '{ref.storage.root.key}' holds only {count:,} elements"
+                )
+        if numel > max_numel:
+            raise CheckpointError(
+                f"{self.path}: {what} would be an array of {numel:,} elements, more than the {max_numel:,} one tensor "
+                f"may hold (the {LARGEST_MODEL_WEIGHTS:,} weights of the largest model, more under a raised "
+                f"max_bytes); nothing was inflated. {_RAISE_LIMIT}"
+            )
+        return numel * (4 if ref.dtype == "bfloat16" else item)  # bfloat16 is widened to float32
 
     def storage_bytes(self, root):
         if root.data is None:
@@ -541,45 +561,24 @@ class _Reader:
         return np.frombuffer(data, dtype=raw_dtype, count=storage.nbytes // item, offset=storage.byte_offset)
 
     def materialize(self, ref):
-        if ref.dtype not in _DTYPE_SPECS:
-            raise CheckpointError(
-                f"{self.path}: tensors of dtype torch.{ref.dtype} cannot be converted to numpy; {_ACCEPTED}"
-            )
+        """A new array of ``ref`` (its bounds and size checked by ``check_arrays``), made in one allocation."""
         storage = ref.storage
         base = self.elements(storage, ref.dtype)
-        raw_dtype, item, count = base.dtype, base.itemsize, base.size
-        size, stride, offset = ref.size, ref.stride, ref.offset
-        numel = math.prod(size)
-        native = raw_dtype.newbyteorder("=")
-        if numel == 0:
-            arr = np.zeros(size, dtype=native)
-        else:
-            extent = offset + sum((n - 1) * s for n, s in zip(size, stride))
-            if extent >= count:
-                raise CheckpointError(
-                    f"{self.path}: a tensor (offset {offset}, size {size}, stride {stride}) reaches "
-                    f"element {extent} but its storage '{storage.root.key}' holds only {count} elements"
-                )
-            view = np.lib.stride_tricks.as_strided(
-                base[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
-            )
-            if numel <= count or raw_dtype != native:
-                arr = view.astype(native, order="C")  # an independent, writable copy
-            else:
-                arr = view  # an expanded (stride-0) view: keep it read-only, uncopied
-        arr = _widen(arr, ref.dtype)
+        strides = tuple(s * base.itemsize for s in ref.stride)
+        view = np.lib.stride_tricks.as_strided(base[ref.offset:], ref.size, strides, writeable=False) \
+            if math.prod(ref.size) else np.zeros(ref.size, dtype=base.dtype)
+        arr = _converted(view, ref.dtype)  # a copy, an expansion too: what the reader hands out is what it counted
         if ref.metadata.get("neg"):
-            arr = -arr
+            np.negative(arr, out=arr)
         if ref.metadata.get("conj"):
-            arr = np.conj(arr)
+            np.conjugate(arr, out=arr)
         storage.root.pending -= 1
         if storage.root.pending <= 0 and not self.legacy:
             storage.root.data = None  # free the raw bytes early (re-read on demand)
         return arr
 
     def storage_array(self, ref):
-        raw = self.elements(ref, ref.dtype)
-        return _widen(raw.astype(raw.dtype.newbyteorder("=")), ref.dtype)
+        return _converted(self.elements(ref, ref.dtype), ref.dtype)
 
     # post-pass -------------------------------------------------------------
 
@@ -634,9 +633,9 @@ class _Reader:
 
 
 class _ZipReader(_Reader):
-    def __init__(self, path, zf, max_bytes=MAX_CHECKPOINT_BYTES):
+    def __init__(self, path, zf, fh, max_bytes=MAX_CHECKPOINT_BYTES):
         super().__init__(path, max_bytes)
-        self.zf = zf
+        self.zf, self.fh, self.file_size = zf, fh, os.fstat(fh.fileno()).st_size
         names = zf.namelist()
         prefixes = sorted({n[: -len("/data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1})
         if not prefixes:
@@ -650,7 +649,7 @@ class _ZipReader(_Reader):
         self.prefix = prefixes[0]
         order_name = f"{self.prefix}/byteorder"
         if order_name in names:
-            order = self.read_record(order_name, _MAX_BYTEORDER_BYTES, "a byteorder record").strip()
+            order = bytes(self.read_record(order_name, _MAX_BYTEORDER_BYTES, "a byteorder record").strip())
             if order not in (b"little", b"big"):
                 raise CheckpointError(f"{path}: unknown byteorder record {order[:20]!r} (expected little or big)")
             self.big_endian = order == b"big"
@@ -663,10 +662,47 @@ class _ZipReader(_Reader):
                 f"{self.path}: record '{name}' inflates to {info.file_size:,} bytes ({info.compress_size:,} in the "
                 f"file), more than the {limit:,} {what} may hold; nothing was inflated"
             )
-        data = self.zf.read(info)
-        if len(data) != info.file_size:
-            raise CheckpointError(f"{self.path}: record '{name}' is truncated")
-        return data
+        return self.inflate(info)
+
+    def inflate(self, info):
+        """Record ``info``'s bytes, inflated through a decompressor capped at the size its header declares.
+
+        ``zipfile`` inflates a whole stream before cutting it at that size (1 GiB for a header saying
+        1 KiB); here a stream giving one byte more, or fewer, or failing its CRC, is refused.
+        """
+        where, declared = f"{self.path}: record '{info.filename}'", info.file_size
+        deflated = info.compress_type == zipfile.ZIP_DEFLATED
+        if not deflated and info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+            raise CheckpointError(f"{where} is encrypted or compressed with method {info.compress_type} "
+                                  "(torch.save stores its records; stored and deflated ones are read)")
+        self.fh.seek(info.header_offset)
+        local = self.fh.read(30)
+        start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])) if local[:4] == b"PK\x03\x04" else -1
+        if start < 0 or start + info.compress_size > self.file_size:
+            raise CheckpointError(f"{where} is truncated or its local header is damaged")
+        if not deflated and info.compress_size != declared:
+            raise CheckpointError(f"{where} stores {info.compress_size:,} bytes, its zip header declares {declared:,}")
+        self.fh.seek(start)
+        inflater, out, done, left, tail = zlib.decompressobj(-15), bytearray(declared), 0, info.compress_size, b""
+        while not (deflated and inflater.eof):
+            if not tail and left:
+                tail = self.fh.read(min(left, _CHUNK))
+                left = left - len(tail) if tail else 0  # cut short (the file changed): refused below
+            if deflated:
+                piece, tail = inflater.decompress(tail, min(_CHUNK, declared - done + 1)), inflater.unconsumed_tail
+            else:
+                piece, tail = tail, b""
+            if done + len(piece) > declared:
+                raise CheckpointError(f"{where} inflates to more than the {declared:,} bytes its zip header declares")
+            out[done:done + len(piece)] = piece
+            done += len(piece)
+            if not (piece or tail or left):
+                break
+        if done < declared:
+            raise CheckpointError(f"{where} inflates to only {done:,} of the {declared:,} bytes its header declares")
+        if deflated and not inflater.eof or zlib.crc32(out) != info.CRC:
+            raise CheckpointError(f"{where} is damaged (its deflate stream is cut short or it fails its CRC check)")
+        return out
 
     def storage_info(self, root):
         """The zip entry of ``root``, checked: present, and declaring exactly the bytes the pickle gave it."""
@@ -685,18 +721,16 @@ class _ZipReader(_Reader):
     def load(self):
         data = self.read_record(f"{self.prefix}/data.pkl", MAX_PICKLE_BYTES, "the object pickle")
         obj = _SafeUnpickler(io.BytesIO(data), self, allow_persistent=True).load()
+        del data
         # Every size is checked before the first record is inflated.
         self.check_total()
+        self.check_arrays(obj)
         for root in self.roots.values():
             self.storage_info(root)
         return self.finalize(obj)
 
     def fetch(self, root):
-        info = self.storage_info(root)
-        data = self.zf.read(info)
-        if len(data) != root.nbytes:
-            raise CheckpointError(f"{self.path}: storage record '{info.filename}' is truncated")
-        return data
+        return self.inflate(self.storage_info(root))
 
 
 class _LegacyReader(_Reader):
@@ -732,6 +766,7 @@ class _LegacyReader(_Reader):
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise CheckpointError(f"{self.path}: malformed legacy storage key list")
         self.check_total()
+        self.check_arrays(obj)
         remaining = os.fstat(self.fh.fileno()).st_size - self.fh.tell()
         for key in keys:
             root = self.roots.get(key)
@@ -768,8 +803,10 @@ def read_checkpoint(path, max_bytes=MAX_CHECKPOINT_BYTES):
     """Read a ``torch.save`` file safely, returning plain Python / numpy objects.
 
     Raises :class:`CheckpointError` for anything that is not such a file, is
-    damaged, declares more than ``max_bytes`` of tensors (``MAX_CHECKPOINT_BYTES``:
-    checked before anything is inflated), or references a global outside
+    damaged, declares more than ``max_bytes`` of tensors or would build more than
+    ``max_bytes`` of arrays (``MAX_CHECKPOINT_BYTES``: checked before anything is
+    inflated; reading then holds at most about twice ``max_bytes``), has a record
+    inflating to other than its zip header declares, or references a global outside
     :data:`ALLOWED_GLOBALS` (in which case nothing from the file has been
     executed).  A missing path raises :class:`CheckpointNotFoundError` (a
     ``CheckpointError`` and a ``FileNotFoundError``).
@@ -791,7 +828,7 @@ def read_checkpoint(path, max_bytes=MAX_CHECKPOINT_BYTES):
                 except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
                     raise CheckpointError(f"{path}: truncated or corrupt zip checkpoint ({exc}); {_ACCEPTED}") from None
                 with zf:
-                    return _ZipReader(path, zf, max_bytes).load()
+                    return _ZipReader(path, zf, fh, max_bytes).load()
             if head[:1] == b"\x80":
                 fh.seek(0)
                 return _LegacyReader(path, fh, max_bytes).load()
