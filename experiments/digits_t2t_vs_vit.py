@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 
@@ -36,6 +37,18 @@ def _load():
         return os.getloadavg()[0]
     except OSError:
         return None
+
+
+def tracked_files(folder):
+    """The files under ``folder`` that git tracks (none outside a repository, or without git)."""
+    if not os.path.isdir(folder):
+        return []
+    try:
+        listed = subprocess.run(["git", "-C", folder, "ls-files", "--", "."], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return listed.stdout.split() if listed.returncode == 0 else []
 
 
 def read_history(path):
@@ -72,10 +85,17 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--output-dir", default="runs/digits_t2t_vs_vit")
-    parser.add_argument("--figures-dir", default=None, help="also copy the PNGs here (e.g. docs/images)")
+    parser.add_argument("--figures-dir", default=None, help="also copy the PNGs here (e.g. docs/images; not with "
+                        "--quick when the folder holds files tracked by git)")
     parser.add_argument("--quick", action="store_true", help="128 training / 64 validation digits, 2 epochs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # The README's figures come from the full run: a smoke run must not replace them.
+    tracked = tracked_files(args.figures_dir) if args.quick and args.figures_dir else []
+    if tracked:
+        parser.error(f"--quick makes smoke-run figures, and --figures-dir {args.figures_dir} holds files tracked by "
+                     f"git ({', '.join(tracked[:2])}{', ...' if len(tracked) > 2 else ''}): give another folder, "
+                     "or run without --quick")
 
     import keras
 
