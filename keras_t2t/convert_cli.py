@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_t2t.cli.convert import main
+from keras_t2t.cli.commands import convert as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,10 +17,10 @@ import sys
 
 # Export runs on TensorFlow, whatever KERAS_BACKEND says (a '.keras' file saved on
 # JAX or PyTorch loads here unchanged), but a backend that does not exist is still
-# a mistake worth one line. Set before Keras is first imported.
+# a mistake worth one line. Set before Keras is first imported. (TensorFlow's log
+# lines are left out by keras_t2t.backends.quiet_logs unless --verbose.)
 USER_BACKEND = os.environ.get("KERAS_BACKEND")
 os.environ["KERAS_BACKEND"] = "tensorflow"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Runs from a checkout without installing too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

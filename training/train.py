@@ -11,14 +11,17 @@
 
 Every recipe field (keras_t2t.training.Recipe) is a flag; the defaults are the
 paper's recipe, or the light digits recipe with the built-in digits. The
-resolved recipe is printed and saved as recipe.json. Re-running a command with
-the same --output-dir resumes it after its last completed epoch; re-running a
-finished one says so and changes nothing.
+recipe is summed up in the first line printed, saved whole as recipe.json, and
+printed whole as JSON by --print-recipe. The run ends with the validation top-1,
+the files it wrote and the commands that evaluate and export the model.
+Re-running a command with the same --output-dir resumes it after its last
+completed epoch; re-running a finished one says so and changes nothing.
 """
 
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 
 # Runs from a checkout without installing too.
@@ -94,11 +97,13 @@ def build_parser():
                           "instead of refusing them")
     run.add_argument("--print-recipe", action="store_true", help="print the resolved recipe as JSON and exit")
     run.add_argument("--quiet", action="store_true", help="one line per epoch instead of the progress bar")
+    run.add_argument("--verbose", action="store_true",
+                     help="also show the log lines of TensorFlow, absl and CUDA (left out by default)")
     run.add_argument("--keep-freed-memory", action="store_true",
                      help="keep freed memory in the process (glibc; keras_t2t.allocator): eager torch reuses its "
                           "activations instead of refaulting them (T2T-ViT-14 at batch 32 trained ~6%% faster on torch in benchmarks/README.md)")
 
-    recipe = parser.add_argument_group("recipe (defaults: the preset's, printed at start)")
+    recipe = parser.add_argument_group("recipe (defaults: the preset's; --print-recipe shows them)")
     for field in dataclasses.fields(Recipe):
         default = field.default
         names = [_flag(field.name)] + [a for a in ALIASES.get(field.name, []) if a != _flag(field.name)]
@@ -141,6 +146,50 @@ def _model_from_handle(args):
         name = registry_name(args.model)
         args.weights = args.weights or args.model
         args.model = name
+
+
+def recipe_line(preset, recipe, weights=None, eval_only=False):
+    """The recipe in one line: model, data, image size, epochs, batch, learning rate, precision."""
+    data = recipe.dataset + (f" {recipe.data_dir}" if recipe.dataset == "folder" else "")
+    start = f" from {weights}" if weights else ""
+    if eval_only:
+        schedule = "validation only"
+    else:
+        cooldown = f" + {recipe.cooldown_epochs} cooldown" if recipe.cooldown_epochs else ""
+        schedule = f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}{cooldown}"
+    lr = "" if eval_only else f", peak lr {recipe.scaled_lr():.3g}"
+    return (f"recipe {preset}: {recipe.model}{start} on {data} at {recipe.image_size}x{recipe.image_size}, "
+            f"{schedule}, batch {recipe.batch_size}{lr}, {recipe.precision} (--print-recipe shows every field)")
+
+
+def validation_folder(recipe):
+    """The image folder the run validated on, or None (a TFDS split)."""
+    if recipe.dataset == "digits":
+        from keras_t2t.data.digits import default_digits_dir
+
+        return os.path.join(recipe.data_dir or default_digits_dir(), "val")
+    if recipe.dataset == "folder":
+        return os.path.join(recipe.data_dir, "val")
+    return None
+
+
+def next_commands(output_dir, recipe):
+    """The commands that evaluate and export the run's model, ready to paste."""
+    model = shlex.quote(os.path.join(output_dir, "model.keras"))
+    folder = validation_folder(recipe)
+    if folder is not None:
+        evaluate = f"keras-t2t-evaluate --model {model} --data-dir {shlex.quote(folder)}"
+        samples = f" --sample-dir {shlex.quote(folder)}"
+    else:  # keras-t2t-evaluate reads folders; train.py validates the TFDS split again
+        data_dir = f" --data-dir {shlex.quote(recipe.data_dir)}" if recipe.data_dir else ""
+        script = os.path.relpath(os.path.abspath(__file__))
+        script = shlex.quote(os.path.abspath(__file__) if script.startswith("..") else script)
+        evaluate = (f"python {script} --output-dir {shlex.quote(os.path.join(output_dir, 'eval'))} "
+                    f"--dataset {recipe.dataset}{data_dir} --model {recipe.model} "
+                    f"--image-size {recipe.image_size} --eval-only --weights {model}")
+        samples = ""
+    export = f"keras-t2t-export --model {model} --output-dir {shlex.quote(os.path.join(output_dir, 'export'))}"
+    return [evaluate, export + samples]
 
 
 def _backend_name():
@@ -195,6 +244,7 @@ def main(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(recipe_line(preset, recipe, args.weights, args.eval_only), flush=True)
 
     if args.keep_freed_memory:
         from keras_t2t.allocator import keep_freed_memory
@@ -206,16 +256,17 @@ def main(argv=None):
         print("allocator: freed memory stays in the process (mmap threshold {mmap_threshold} bytes, "
               "trim threshold {trim_threshold} bytes)".format(**settings), flush=True)
 
+    from keras_t2t.backends import quiet_logs
     from keras_t2t.training.distribute import prepare_environment
 
     prepare_environment(backend, args.cpu_replicas)
+    quiet_logs(args.verbose)  # before TensorFlow is imported
 
     from keras_t2t.training import trainer
     from keras_t2t.training.distribute import setup_distribution
 
     def run():
         distribution = setup_distribution(args.cpu_replicas)  # before any other TF/JAX work
-        print(f"recipe preset: {preset}", flush=True)
         trainer.train(
             recipe,
             args.output_dir,
@@ -227,6 +278,9 @@ def main(argv=None):
             verify_images=args.verify_images,
             skip_bad_images=args.skip_bad_images,
         )
+        if not args.eval_only and distribution.is_chief:
+            print("next:\n" + "".join(f"  {command}\n" for command in next_commands(args.output_dir, recipe)),
+                  end="", flush=True)
         return 0
 
     return trainer.main_guard(run)

@@ -1,22 +1,31 @@
 """Argument types shared by the command lines (argparse ``type=`` callables).
 
 Every command takes image sizes in one grammar, ``N`` or ``HxW`` (``image_size``).
-The Keras backend check (``backend_error``, ``refuse_unknown_backend``) lives in
-``keras_t2t.backends`` and is re-exported here; this module imports nothing heavier
-than the registry.
+The Keras backend check (``backend_error``, ``refuse_unknown_backend``) and the
+quieting of TensorFlow's logs (``quiet_logs``, for ``--verbose``) live in
+``keras_t2t.backends`` and are re-exported here. This module imports nothing
+heavier than the registry: the commands build their parsers from it and answer
+``--help`` before Keras is imported.
 """
 
 import argparse
 import math
 
-from keras_t2t.backends import KERAS_BACKENDS, backend_error, configured_backend, refuse_unknown_backend
+from keras_t2t.backends import KERAS_BACKENDS, backend_error, configured_backend, quiet_logs, refuse_unknown_backend
 from keras_t2t.models.presets import MODELS, list_weights
 
 __all__ = [
     "positive_int", "positive_float", "fraction", "image_size", "IMAGE_SIZE_HELP", "add_model_source", "model_tag",
     "OneLineParser", "UsageError", "KERAS_BACKENDS", "configured_backend", "backend_error", "refuse_unknown_backend",
-    "add_dtype_argument",
+    "add_dtype_argument", "DTYPE_CHOICES", "DEFAULT_CROP_PCT", "add_verbose_argument", "quiet_logs",
 ]
+
+# Repeated from modules that import Keras, so that the parsers import none
+# (tests/cli/test_quiet_commands.py checks each equals its source).
+#: ``keras_t2t.precision.DTYPE_CHOICES``
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "mixed_bfloat16")
+#: ``keras_t2t.data.images.DEFAULT_CROP_PCT``
+DEFAULT_CROP_PCT = 0.9
 
 
 class UsageError(Exception):
@@ -119,11 +128,18 @@ def add_model_source(parser, model_help, weights_help):
 def add_dtype_argument(parser, default="auto"):
     """``--dtype auto|float32|bfloat16|mixed_bfloat16`` (``keras_t2t.precision``): the dtype a
     keras_t2t model is rebuilt in; ``auto`` takes bfloat16 only where this machine runs it faster."""
-    from keras_t2t.precision import DTYPE_CHOICES  # Keras: not for the commands' import-time backend check
-
     parser.add_argument(
         "--dtype", choices=DTYPE_CHOICES, default=default,
         help=f"compute dtype of the model (default: {default}; auto: bfloat16 where it runs faster than "
              "float32 here, i.e. a bfloat16 GPU, or a CPU whose bfloat16 matmul is measured faster on this "
              "backend, else float32; keras_t2t.recommended_dtype(explain=True) says why)",
+    )
+
+
+def add_verbose_argument(parser, default=False):
+    """``--verbose``: TensorFlow's, absl's and CUDA's own log lines stay in the output (``quiet_logs``).
+    A subcommand's parser takes ``default=argparse.SUPPRESS``, so that it keeps a ``--verbose`` given before it."""
+    parser.add_argument(
+        "--verbose", action="store_true", default=default,
+        help="also show the log lines of TensorFlow, absl and CUDA (left out by default)",
     )

@@ -38,45 +38,46 @@ Only then is it renamed onto ``--output`` (``keras_t2t.io_utils.install_atomic``
 on any failure no file is left.
 
 Exit codes: 0 success, 2 bad arguments or input (the message starts with
-``error:``), 1 verification failure.
+``error:``), 1 verification failure. The parser and the entry point are
+``keras_t2t.cli.commands`` (no Keras): ``main`` parses, then ``run`` converts.
 """
 
 import os
 import sys
 import warnings
 
-import keras
-import numpy as np
+if __name__ == "__main__":  # python -m keras_t2t.cli.convert: parse before Keras is imported
+    from keras_t2t.cli.commands import convert as _command
 
-from keras_t2t.applications import from_checkpoint
-from keras_t2t.cli.args import (
-    IMAGE_SIZE_HELP,
-    OneLineParser,
-    UsageError,
-    image_size,
-    positive_float,
-    positive_int,
-)
-from keras_t2t.io_utils import atomic_temp_file_like, check_output_folder, install_atomic, remove_path
-from keras_t2t.hub.presets import is_preset_name, preset_release
-from keras_t2t.resolve import resolve_model
-from keras_t2t.models.presets import ALL_VARIANTS
-from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT, T2TViT
-from keras_t2t.weights.detect import (
+    sys.exit(_command())
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_t2t.applications import from_checkpoint  # noqa: E402
+from keras_t2t.cli.args import UsageError  # noqa: E402
+from keras_t2t.cli.commands import WEIGHTS_ENTRIES, one_line  # noqa: E402
+from keras_t2t.cli.commands import convert as main  # noqa: E402 - the entry point: parses, then run()
+from keras_t2t.cli.commands import convert_parser as build_parser  # noqa: E402
+from keras_t2t.hub.presets import is_preset_name, preset_release  # noqa: E402
+from keras_t2t.io_utils import atomic_temp_file_like, check_output_folder, install_atomic, remove_path  # noqa: E402
+from keras_t2t.models.presets import ALL_VARIANTS  # noqa: E402
+from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT, T2TViT  # noqa: E402
+from keras_t2t.resolve import resolve_model  # noqa: E402
+from keras_t2t.weights.detect import (  # noqa: E402
     checkpoint_head,
     checkpoint_image_size,
     describe_variant,
     detect_variant,
 )
-from keras_t2t.weights.loading import NonFiniteWeightsWarning, describe_nonfinite, nonfinite_counts
-from keras_t2t.weights.mapping import HEADS, model_state_dict, resize_pos_embed
-from keras_t2t.weights.pretrained import checked_checkpoint
-from keras_t2t.weights.torch_pickle import CheckpointError, load_state_dict_file
+from keras_t2t.weights.loading import NonFiniteWeightsWarning, describe_nonfinite, nonfinite_counts  # noqa: E402
+from keras_t2t.weights.mapping import HEADS, model_state_dict, resize_pos_embed  # noqa: E402
+from keras_t2t.weights.pretrained import checked_checkpoint  # noqa: E402
+from keras_t2t.weights.torch_pickle import CheckpointError, load_state_dict_file  # noqa: E402
 
-__all__ = ["ConversionError", "VerificationError", "convert", "main"]
+__all__ = ["ConversionError", "VerificationError", "WEIGHTS_ENTRIES", "build_parser", "convert", "main", "run"]
 
 OUTPUT_SUFFIXES = (".keras", ".weights.h5")
-WEIGHTS_ENTRIES = ("auto", "state_dict_ema", "state_dict", "model", "net", "bare")
 PREDICTION_ATOL = 1e-5
 VERIFY_IMAGES = 2
 VERIFY_SEED = 0
@@ -88,53 +89,6 @@ class ConversionError(ValueError):
 
 class VerificationError(RuntimeError):
     """The written file does not reproduce the checkpoint (exit code 1)."""
-
-
-def build_parser():
-    """The argument parser of ``keras-t2t-convert``."""
-    parser = OneLineParser(
-        prog="keras-t2t-convert",
-        description="Convert an authors' T2T-ViT checkpoint (.pth.tar) to a verified .keras or .weights.h5 file.",
-    )
-    parser.add_argument("checkpoint", nargs="?", help="the authors' checkpoint (*.pth.tar, *.pth)")
-    parser.add_argument(
-        "--model", metavar="HANDLE",
-        help="what to convert, as every command's --model names it: an authors' checkpoint (as CHECKPOINT), a "
-        "release preset name (t2t_vit_14_imagenet: its checkpoint, fetched once and cached) or a registry name "
-        "(as --variant, with CHECKPOINT)",
-    )
-    parser.add_argument(
-        "--output", "-o", required=True, help="output file; its suffix (.keras or .weights.h5) picks the format"
-    )
-    parser.add_argument(
-        "--variant", choices=list(ALL_VARIANTS), metavar="NAME",
-        help=f"the variant (default: detected from the checkpoint); one of {', '.join(ALL_VARIANTS)}",
-    )
-    parser.add_argument(
-        "--weights-entry", choices=WEIGHTS_ENTRIES, default="auto",
-        help="which weights of the checkpoint (default auto: the EMA weights when present; 'net' holds "
-        "the authors' CIFAR fine-tunes)",
-    )
-    parser.add_argument(
-        "--image-size", type=image_size, metavar="N|HxW",
-        help=f"input size of the model, {IMAGE_SIZE_HELP} (default: the checkpoint's own resolution)",
-    )
-    parser.add_argument(
-        "--classes", type=positive_int, metavar="N",
-        help="classes of the head (default: the checkpoint's); another number drops the checkpoint's head",
-    )
-    parser.add_argument("--no-top", action="store_true", help="leave out the classification head")
-    parser.add_argument("--qk-scale", type=positive_float, metavar="FLOAT", help="attention scale override")
-    parser.add_argument(
-        "--classifier-activation", default="softmax", metavar="NAME",
-        help="activation of the head's output (default softmax; 'none' for logits)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument(
-        "--allow-nonfinite", action="store_true",
-        help="convert a checkpoint whose weights hold NaN or Inf as it is (refused by default)",
-    )
-    return parser
 
 
 def _output_format(path):
@@ -380,32 +334,20 @@ def _max_abs_diff(got, want):
         return float(np.max(np.where(same, 0.0, np.abs(got - want))))
 
 
-def main(argv=None):
-    """Entry point of ``keras-t2t-convert``; returns the exit code."""
+def run(args):
+    """Runs one conversion on parsed ``args`` (``commands.convert_parser``); returns the exit code."""
     try:
-        parser = build_parser()
-        args, code = parser.parse(argv)
-        if args is None:
-            return code
         convert(args)
     except UsageError as error:
         print(f"error: {error} (see --help)", file=sys.stderr)
         return 2
     except VerificationError as error:
-        print(f"error: verification failed: {_one_line(error)}", file=sys.stderr)
+        print(f"error: verification failed: {one_line(error)}", file=sys.stderr)
         return 1
     except (CheckpointError, ConversionError, ValueError, FileNotFoundError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _one_line(error):
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,112 +2,71 @@
 
 Bad arguments (an unwritable ``--output`` folder included, checked before any work)
 or a model that does not load end the command with one ``error:`` line and exit
-code 2; 1 is an evaluation failure.
+code 2; 1 is an evaluation failure. The parser and the entry point are
+``keras_t2t.cli.commands`` (no Keras): ``main`` parses, then ``run`` works.
 """
 
 import json
 import os
 import sys
 
-import keras
+if __name__ == "__main__":  # python -m keras_t2t.cli.evaluate: parse before Keras is imported
+    from keras_t2t.cli.commands import evaluate
 
-from keras_t2t.cli.args import (
-    IMAGE_SIZE_HELP,
-    OneLineParser,
-    UsageError,
-    add_dtype_argument,
-    add_model_source,
-    fraction,
-    image_size,
-    positive_int,
-)
-from keras_t2t.data.images import DEFAULT_CROP_PCT, list_image_folder
-from keras_t2t.evaluation import evaluate_folder
-from keras_t2t.hub.presets import is_preset_name
-from keras_t2t.io_utils import check_output_folder, write_json_atomic
-from keras_t2t.precision import apply_dtype
-from keras_t2t.resolve import resolve_model
-from keras_t2t.weights.pretrained import is_weights_tag
+    sys.exit(evaluate())
 
+import keras  # noqa: E402
 
-def _build_parser():
-    p = OneLineParser(
-        prog="keras-t2t-evaluate",
-        description=(
-            "Top-1/top-5 accuracy of a Keras image classifier on an ImageNet-style "
-            "folder DATA_DIR/<class>/<images>, with the T2T-ViT evaluation "
-            "preprocessing (bicubic resize to image_size/crop_pct, center crop, "
-            "ImageNet mean/std)."
-        ),
-    )
-    add_model_source(p, "the model: a .keras file (a training run's model.keras is fed as the run evaluated it), a "
-                        "preset name (t2t_vit_7_imagenet, ...) or folder, or an authors' checkpoint",
-                     "weights for --variant: a tag (imagenet, ...; keras-t2t-weights list) or a file "
-                     "(checkpoint or .weights.h5)")
-    p.add_argument("--data-dir", required=True, help="folder DATA_DIR/<class>/<images>")
-    p.add_argument(
-        "--image-size",
-        type=image_size,
-        default=None,
-        help=f"input size, {IMAGE_SIZE_HELP} (default: the model's input size, else 224)",
-    )
-    p.add_argument("--crop-pct", type=fraction, default=None,
-                   help="center-crop fraction (default: the model's preset or training run's, else "
-                        f"{DEFAULT_CROP_PCT}); the output says which was used")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
-    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only N images (evenly spaced subset)")
-    p.add_argument(
-        "--class-index",
-        choices=["sorted", "imagenet"],
-        default="sorted",
-        help="'sorted' (default): the i-th sorted class folder is output i; "
-        "'imagenet': class folders are ImageNet-1k WordNet ids (for a subset of ImageNet)",
-    )
-    p.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
-    add_dtype_argument(p)
-    p.add_argument("--output", help="write the JSON summary to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+from keras_t2t.cli.args import UsageError  # noqa: E402
+from keras_t2t.cli.commands import EVALUATE, one_line  # noqa: E402
+from keras_t2t.cli.commands import evaluate as main  # noqa: E402 - the entry point: parses, then run()
+from keras_t2t.cli.commands import evaluate_parser as build_parser  # noqa: E402
+from keras_t2t.data.images import list_image_folder  # noqa: E402
+from keras_t2t.evaluation import evaluate_folder  # noqa: E402
+from keras_t2t.hub.presets import is_preset_name  # noqa: E402
+from keras_t2t.io_utils import check_output_folder, write_json_atomic  # noqa: E402
+from keras_t2t.precision import apply_dtype  # noqa: E402
+from keras_t2t.resolve import resolve_model  # noqa: E402
+from keras_t2t.weights.pretrained import is_weights_tag  # noqa: E402
+
+__all__ = ["build_parser", "main", "run"]
 
 
-def main(argv=None):
-    """Command-line entry point; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
-    parser = _build_parser()
+def run(args):
+    """Runs the command on parsed ``args`` (``commands.evaluate_parser``); returns the exit status."""
     try:
-        args, code = parser.parse(argv)
-        if args is None:
-            return code
-        model, model_desc = _checked_model(parser, args)
+        model, model_desc = _checked_model(args)
     except UsageError as error:
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"{EVALUATE}: error: {one_line(error)}", file=sys.stderr)
         return 2
-    return _evaluate(parser, args, model, model_desc)
+    return _evaluate(args, model, model_desc)
 
 
-def _checked_model(parser, args):
+def _checked_model(args):
     """Every argument checked, then the model loaded: (model, its description); UsageError otherwise."""
     if args.variant is not None and not args.weights:
-        parser.error("--variant needs --weights PATH")
+        raise UsageError("--variant needs --weights PATH")
     if args.model is not None and args.weights:
-        parser.error("--weights goes with --variant, not --model")
+        raise UsageError("--weights goes with --variant, not --model")
     if args.model is not None and not os.path.exists(args.model) and not is_preset_name(args.model):
-        parser.error(f"--model: no such file or folder {args.model!r}, nor a preset name (keras_t2t.list_presets())")
+        raise UsageError(
+            f"--model: no such file or folder {args.model!r}, nor a preset name (keras_t2t.list_presets())")
     if args.weights and not os.path.exists(args.weights) and not is_weights_tag(args.weights):
-        parser.error(f"--weights: no such file {args.weights!r}, nor a weights tag (imagenet, ...)")
+        raise UsageError(f"--weights: no such file {args.weights!r}, nor a weights tag (imagenet, ...)")
     if args.output:
         out_dir = os.path.dirname(os.path.abspath(args.output))
         try:
             check_output_folder(out_dir, "--output: folder")
         except ValueError as error:
-            parser.error(str(error))
+            raise UsageError(str(error)) from None
         if not os.path.isdir(out_dir):
-            parser.error(f"--output: folder {out_dir!r} does not exist")
+            raise UsageError(f"--output: folder {out_dir!r} does not exist")
         if os.path.isdir(args.output):
-            parser.error(f"--output: {args.output!r} is a folder")
+            raise UsageError(f"--output: {args.output!r} is a folder")
     try:
         list_image_folder(args.data_dir)  # fail fast, before loading the model
     except ValueError as e:
-        parser.error(f"--data-dir: {e}")
+        raise UsageError(f"--data-dir: {e}") from None
 
     try:
         if args.model is not None:
@@ -115,7 +74,7 @@ def _checked_model(parser, args):
         else:
             resolved = resolve_model(args.variant, weights=args.weights, classifier_activation=None)
     except Exception as e:  # noqa: BLE001 - report any loading failure plainly
-        parser.error(f"cannot load the model: {type(e).__name__}: {e}")
+        raise UsageError(f"cannot load the model: {type(e).__name__}: {e}") from None
     model, model_desc = resolved.model, resolved.description
     args.preprocessing = resolved.preprocessing.with_overrides(args.image_size, args.crop_pct)
     print(args.preprocessing.describe(), flush=True)
@@ -124,7 +83,7 @@ def _checked_model(parser, args):
     return model, model_desc
 
 
-def _evaluate(parser, args, model, model_desc):
+def _evaluate(args, model, model_desc):
     preprocessing = args.preprocessing
     try:
         result = evaluate_folder(
@@ -139,7 +98,7 @@ def _evaluate(parser, args, model, model_desc):
             num_workers=args.workers,
         )
     except ValueError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{EVALUATE}: error: {e}", file=sys.stderr)
         return 1
 
     summary = dict(result)
@@ -168,6 +127,3 @@ def _evaluate(parser, args, model, model_desc):
         print(f"wrote {args.output}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

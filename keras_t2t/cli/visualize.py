@@ -2,46 +2,49 @@
 
 Exit codes: 0 done; 2 bad input (one line: an unknown model or stage, a missing or unreadable
 weights file, an output folder that cannot be written, an unknown Keras backend); 1 a download
-that failed (one line naming the manual route).
+that failed (one line naming the manual route). The parser and the entry point are
+``keras_t2t.cli.commands`` (no Keras): ``main`` parses, then ``run`` draws.
 """
 
-import argparse
 import os
 import re
 import sys
 
-import keras
+if __name__ == "__main__":  # python -m keras_t2t.cli.visualize: parse before Keras is imported
+    from keras_t2t.cli.commands import visualize as _command
 
-from keras_t2t import visualize as visualize_module
-from keras_t2t.applications import create_model
-from keras_t2t.cli.args import (
-    IMAGE_SIZE_HELP,
-    OneLineParser,
-    UsageError,
-    add_dtype_argument,
-    image_size,
-    positive_int,
-)
-from keras_t2t.data.digits import digits_sample
-from keras_t2t.data.images import load_image, load_image_resized
-from keras_t2t.hub.presets import is_preset_name
-from keras_t2t.resolve import resolve_model
-from keras_t2t.weights.loading import is_checkpoint_path
-from keras_t2t.io_utils import check_output_folder
-from keras_t2t.models.presets import MODELS, unknown_model_error
-from keras_t2t.precision import apply_dtype
-from keras_t2t.training.recipe import DIGITS
-from keras_t2t.visualize import (
+    sys.exit(_command())
+
+import keras  # noqa: E402
+
+from keras_t2t.applications import create_model  # noqa: E402
+from keras_t2t.cli.args import UsageError  # noqa: E402
+from keras_t2t.cli.commands import COMPARE_FILE, RANDOM  # noqa: E402
+from keras_t2t.cli.commands import visualize as main  # noqa: E402 - the entry point: parses, then run()
+from keras_t2t.cli.commands import visualize_parser as build_parser  # noqa: E402
+from keras_t2t.data.digits import digits_sample  # noqa: E402
+from keras_t2t.data.images import load_image, load_image_resized  # noqa: E402
+from keras_t2t.hub.presets import is_preset_name  # noqa: E402
+from keras_t2t.io_utils import check_output_folder  # noqa: E402
+from keras_t2t.models.presets import MODELS, unknown_model_error  # noqa: E402
+from keras_t2t.precision import apply_dtype  # noqa: E402
+from keras_t2t.resolve import resolve_model  # noqa: E402
+from keras_t2t.training.recipe import DIGITS  # noqa: E402
+from keras_t2t.visualize import (  # noqa: E402
     KERAS_APPLICATIONS,
     compare_features,
     require_matplotlib,
     visualize,
 )
-from keras_t2t.weights.pretrained import WeightsFetchError, is_weights_tag, release_for
+from keras_t2t.weights.loading import is_checkpoint_path  # noqa: E402
+from keras_t2t.weights.pretrained import WeightsFetchError, is_weights_tag, release_for  # noqa: E402
 
-RANDOM = "none"
+__all__ = [
+    "COMPARE_FILE", "RANDOM", "build_parser", "check_source", "keras_application", "load_input", "load_labelled",
+    "load_model", "main", "parse_compare", "run",
+]
+
 RANDOM_LABEL = "random weights"
-COMPARE_FILE = "compare_features.png"
 _FETCH_FAILURE = re.compile(r"URL fetch failure on (\S+?): (.*)", re.DOTALL)
 
 
@@ -215,55 +218,6 @@ def parse_compare(words):
     return entries
 
 
-def build_parser():
-    parser = OneLineParser(
-        prog="keras-t2t-visualize",
-        description="Token features on the image grid and class-token attention of a T2T-ViT or ViT, the "
-                    "feature maps of a keras.applications ResNet, and the three side by side (--compare) "
-                    "(PNG pictures plus the arrays as .npz).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=visualize_module.__doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument("--model", default=None,
-                        help="a saved .keras file, a model name of the training command (t2t_vit_mini, "
-                             "t2t_vit_14, vit_mini, ...) or a keras.applications ResNet (resnet50, resnet101, "
-                             "resnet152)")
-    parser.add_argument("--weights", default=None,
-                        help="weights for a model name: a file (.weights.h5, .keras; T2T-ViT also the authors' "
-                             ".pth.tar; a ResNet Keras' .h5), a released tag (imagenet; for a ResNet Keras' own "
-                             f"download), or {RANDOM} for random weights (a ResNet needs one of these; other "
-                             "names default to random weights)")
-    parser.add_argument("--compare", nargs="+", default=None, metavar="MODEL=WEIGHTS",
-                        help="draw the first-layer features of these models on the same image side by side in "
-                             f"one PNG ({COMPARE_FILE}), as in the paper's Figure 2; each MODEL as --model, each "
-                             f"WEIGHTS as --weights and required ({RANDOM} for random weights; a .keras file takes "
-                             "no =WEIGHTS), e.g. resnet50=imagenet vit_large_patch16=vit_l16.weights.h5 "
-                             "t2t_vit_24=imagenet")
-    parser.add_argument("--compare-stages", nargs="+", default=None, metavar="STAGE",
-                        help="with --compare: one stage per model, '-' for the default (a CNN's first "
-                             "convolution, a ViT's or T2T-ViT's first block: block_0)")
-    parser.add_argument("--image", default=None, help="an image file (default: a built-in validation digit)")
-    parser.add_argument("--digit-index", type=int, default=0, help="which validation digit without --image")
-    parser.add_argument("--image-size", type=image_size, default=None,
-                        help=f"input size for a model name, {IMAGE_SIZE_HELP} (default: 32 for the digits "
-                             "models, else 224)")
-    parser.add_argument("--classes", type=int, default=None,
-                        help="head size for a model name (default: 10 for the digits models, else 1000)")
-    parser.add_argument("--stage", default=None,
-                        help="whose tokens to draw: soft_split_i, t2t_layer_i, project, patch_embed or block_i "
-                             "(default: t2t_layer_1 for T2T-ViT, patch_embed for ViT); for a ResNet a layer name "
-                             "(default: its first convolution, conv1_conv)")
-    parser.add_argument("--block", type=int, default=-1, help="the block whose class-token attention to draw "
-                                                              "(default: the last)")
-    parser.add_argument("--channels", type=positive_int, default=16, help="how many channel maps to draw")
-    parser.add_argument("--panel-px", type=positive_int, default=None,
-                        help="pixels per map (default 96); with --compare, per model panel (default 320)")
-    parser.add_argument("--prefix", default="", help="file name prefix")
-    add_dtype_argument(parser)
-    parser.add_argument("--output-dir", required=True, help="where the PNGs and arrays .npz go")
-    return parser
-
-
 def _compare(args):
     entries = parse_compare(args.compare)
     stages = args.compare_stages or ["-"] * len(entries)
@@ -284,11 +238,9 @@ def _compare(args):
     compare_features(panels, path, channels=args.channels, panel_px=args.panel_px or 320)
 
 
-def main(argv=None):
+def run(args):
+    """Draws what parsed ``args`` (``commands.visualize_parser``) ask for; returns the exit code."""
     try:
-        args, code = build_parser().parse(argv)
-        if args is None:
-            return code
         if (args.model is None) == (args.compare is None):
             raise UsageError("give --model MODEL (one model's pictures) or --compare MODEL=WEIGHTS ... (side by "
                              "side), not both")
@@ -317,6 +269,3 @@ def _fail(error):
     print(f"error: {text}", file=sys.stderr)
     return 1 if isinstance(error, WeightsFetchError) else 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

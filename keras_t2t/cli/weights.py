@@ -32,7 +32,7 @@ if __name__ == "__main__":  # python -m keras_t2t.cli.weights: parse before Kera
 
 from keras_t2t.cli.args import UsageError  # noqa: E402
 from keras_t2t.cli.commands import one_line  # noqa: E402
-from keras_t2t.cli.commands import weights as main  # noqa: E402 - the entry point, parsing first
+from keras_t2t.cli.commands import weights as main  # noqa: E402 - the entry point: parses, then run()
 from keras_t2t.cli.commands import weights_parser as build_parser  # noqa: E402
 from keras_t2t.hub import presets  # noqa: E402
 from keras_t2t.models.presets import get_preset, list_weights  # noqa: E402

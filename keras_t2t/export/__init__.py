@@ -66,30 +66,20 @@ Command line: ``python tflite/convert.py`` (or ``python -m keras_t2t.export``),
 see ``--help``.
 """
 
+from keras_t2t.backends import load_public_api
 from keras_t2t.export.cli import build_parser, main
 from keras_t2t.export.errors import ExportError
-from keras_t2t.export.formats import ARTIFACT_FILES, FORMATS, ExportFormat
-from keras_t2t.export.loading import classifier_for_export, load_model_for_export, resolve_for_export
-from keras_t2t.export.pipeline import export_model
-from keras_t2t.export.report import ExportReport, format_table
-from keras_t2t.export.saved_model import write_saved_model
-from keras_t2t.export.tflite import convert_tflite, tflite_operators, tflite_runner
 
-__all__ = [
-    "ARTIFACT_FILES",
-    "FORMATS",
-    "ExportError",
-    "ExportFormat",
-    "ExportReport",
-    "build_parser",
-    "classifier_for_export",
-    "convert_tflite",
-    "export_model",
-    "format_table",
-    "load_model_for_export",
-    "main",
-    "resolve_for_export",
-    "tflite_operators",
-    "tflite_runner",
-    "write_saved_model",
-]
+# The public names that import Keras or TensorFlow, by the module that defines them.
+_PUBLIC_MODULES = {
+    "keras_t2t.export.formats": ("ARTIFACT_FILES", "FORMATS", "ExportFormat"),
+    "keras_t2t.export.loading": ("classifier_for_export", "load_model_for_export", "resolve_for_export"),
+    "keras_t2t.export.pipeline": ("export_model",),
+    "keras_t2t.export.report": ("ExportReport", "format_table"),
+    "keras_t2t.export.saved_model": ("write_saved_model",),
+    "keras_t2t.export.tflite": ("convert_tflite", "tflite_operators", "tflite_runner"),
+}
+__all__ = sorted(["ExportError", "build_parser", "main", *(n for names in _PUBLIC_MODULES.values() for n in names)])
+
+# Now, or in a keras-t2t command (keras-t2t-export, python -m keras_t2t.export) when a name is first used.
+load_public_api(globals(), _PUBLIC_MODULES)

@@ -1,20 +1,39 @@
-"""The export command line: ``python tflite/convert.py``, ``python -m keras_t2t.export``, ``keras-t2t-export``."""
+"""The export command line: ``python tflite/convert.py``, ``python -m keras_t2t.export``, ``keras-t2t-export``.
+
+The parser imports no Keras or TensorFlow, so ``--help`` and bad arguments answer at once; the export
+itself (``pipeline.export_model``) is imported once the arguments are parsed, after
+``keras_t2t.backends.quiet_logs``.
+"""
 
 import argparse
 import math
 import sys
 
-from keras_t2t.cli.args import IMAGE_SIZE_HELP, add_model_source, fraction, image_size, positive_int
-from keras_t2t.export.errors import ExportError
-from keras_t2t.export.formats import FORMATS
-from keras_t2t.export.pipeline import (
-    DEFAULT_DECISIVE_MARGIN,
-    DEFAULT_INT8_AGREEMENT,
-    DEFAULT_LATENCY_RUNS,
-    DEFAULT_NUM_CALIBRATION,
-    DEFAULT_NUM_SAMPLES,
-    export_model,
+from keras_t2t.backends import quiet_logs
+from keras_t2t.cli.args import (
+    IMAGE_SIZE_HELP,
+    add_model_source,
+    add_verbose_argument,
+    fraction,
+    image_size,
+    positive_int,
 )
+from keras_t2t.export.errors import ExportError
+
+# The export's vocabulary for the parser, without importing what defines it (Keras):
+# formats.FORMATS, export_model's defaults and verify.DEFAULT_DECISIVE_MARGIN.
+# tests/cli/test_quiet_commands.py checks that each equals its source.
+FORMATS = (
+    "saved_model",
+    "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8",
+    "tflite_float32_pixels", "tflite_float16_pixels", "tflite_dynamic_int8_pixels", "tflite_int8_pixels",
+    "onnx",
+)
+DEFAULT_INT8_AGREEMENT = 0.95
+DEFAULT_NUM_SAMPLES = 16
+DEFAULT_NUM_CALIBRATION = 100
+DEFAULT_LATENCY_RUNS = 10
+DEFAULT_DECISIVE_MARGIN = 0.1
 
 
 def agreement(text):
@@ -43,7 +62,7 @@ def logit_margin(text):
     return value
 
 
-def build_parser(prog="python tflite/convert.py"):
+def build_parser(prog="keras-t2t-export"):
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
@@ -117,10 +136,11 @@ def build_parser(prog="python tflite/convert.py"):
         help="replace an export already in --output-dir (as a whole, and only once the new one is verified)",
     )
     parser.add_argument("--quiet", action="store_true", help="print only errors")
+    add_verbose_argument(parser)
     return parser
 
 
-def main(argv=None, prog="python tflite/convert.py"):
+def main(argv=None, prog="keras-t2t-export"):
     """Command-line entry point; returns the exit status (0 verified, 1 verification failed, 2 bad input)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -130,6 +150,9 @@ def main(argv=None, prog="python tflite/convert.py"):
         parser.error("--weights, --image-size and --classes go with --variant, not --model")
     options = vars(args)
     quiet = options.pop("quiet")
+    quiet_logs(options.pop("verbose"))
+    from keras_t2t.export.pipeline import export_model  # Keras and TensorFlow: once the arguments are parsed
+
     try:
         report = export_model(options.pop("model"), options.pop("output_dir"), **options, verbose=not quiet)
     except ExportError as error:

@@ -18,6 +18,7 @@ from keras_t2t.export.errors import ExportError
 from keras_t2t.export.serving import INPUT_NAME
 from keras_t2t.hub.presets import is_preset_name, list_presets
 from keras_t2t.models.presets import unknown_model_error
+from keras_t2t.precision import cast_model, compute_dtype
 from keras_t2t.resolve import Preprocessing, Resolved, is_preset_folder, resolve_model
 from keras_t2t.weights.loading import is_checkpoint_path
 from keras_t2t.weights.pretrained import is_weights_tag, release_for, unknown_weights_error
@@ -187,14 +188,17 @@ def load_model_for_export(model=None, variant=None, weights=None, image_size=Non
 
 
 def _float32(model):
-    """A mixed-precision model rebuilt in float32 (its variables are float32 already)."""
-    if model.dtype_policy.name == "float32" or not hasattr(type(model), "from_config"):
+    """``model`` in float32: a bfloat16 or mixed-precision keras_t2t model is rebuilt in float32 and its weights
+    cast (TFLite and ONNX have no bfloat16 for several of its ops); any other model as it is, or one
+    ``ExportError`` when its layers do not compute in float32."""
+    dtype = compute_dtype(model)
+    if dtype == "float32" and model.dtype_policy.name == "float32":
         return model
-    config = model.get_config()
-    config["dtype"] = "float32"
-    rebuilt = type(model).from_config(config)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    if getattr(model, "t2t_type", None) is None and getattr(model, "patch_size", None) is None:
+        if dtype == "float32":
+            return model
+        raise ExportError(f"{model.name} computes in {dtype}; export needs float32 (rebuild it in float32).")
+    return cast_model(model, "float32")
 
 
 def classifier_for_export(model):
@@ -202,8 +206,8 @@ def classifier_for_export(model):
 
     The logits are the input of the model's final ``predictions`` activation
     (the T2T-ViT head); ``probabilities`` applies that activation, or softmax
-    when the model outputs logits. A mixed-precision T2T-ViT is rebuilt in
-    float32 first (its variables are float32 already).
+    when the model outputs logits. A bfloat16 or mixed-precision model of the
+    package is rebuilt in float32 first (its weights cast).
     """
     if getattr(model, "include_top", True) is False:
         raise ExportError(

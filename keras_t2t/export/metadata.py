@@ -8,6 +8,9 @@ fields are used. MediaPipe's ``ImageClassifier`` and the TFLite Task Library
 read it: the input's image size and colour space, its normalisation
 ``(pixel - mean) / std`` on 0..255 pixels (absent when the model takes uint8
 pixels and normalises inside), and for each output the labels, one per line.
+The metadata describes the outputs in the order of the model's outputs, which
+``add_metadata`` can set (``output_order``): MediaPipe's first head, and
+LiteRT's first output, are the model's first output.
 
 The flatbuffer is written and read here with the ``flatbuffers`` runtime
 (which TensorFlow and LiteRT already need) rather than a generated schema
@@ -167,10 +170,13 @@ def _aligned_buffer_class(schema):
     return AlignedBuffer
 
 
-def add_metadata(model_content, metadata, associated_files=None):
+def add_metadata(model_content, metadata, associated_files=None, output_order=None):
     """``model_content`` (a ``.tflite`` as bytes) with ``metadata`` and ``associated_files`` (``{name: bytes}``).
 
-    The metadata replaces any earlier ``TFLITE_METADATA`` of the model. The
+    The metadata replaces any earlier ``TFLITE_METADATA`` of the model. With
+    ``output_order`` (the names of the first signature's outputs), the model gives
+    its outputs in that order and each output tensor carries its signature name
+    (``order_outputs``); the metadata must describe them in that order. The
     model is rebuilt with the generated object API of LiteRT's schema, so it
     must hold its weights inside the flatbuffer (as models under 2 GB do).
     """
@@ -180,6 +186,8 @@ def add_metadata(model_content, metadata, associated_files=None):
     if any(packed.Buffers(i).Offset() > 1 for i in range(packed.BuffersLength())):
         raise ValueError("Models that keep their weights outside the flatbuffer (over 2 GB) are not supported.")
     model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    if output_order is not None:
+        order_outputs(model, output_order)
     aligned = _aligned_buffer_class(schema)
     buffers = []
     for old in model.buffers or []:
@@ -204,6 +212,28 @@ def add_metadata(model_content, metadata, associated_files=None):
             for name, data in associated_files.items():
                 archive.writestr(name, data)
     return out.getvalue()
+
+
+def order_outputs(model, names):
+    """Puts the outputs of ``model`` (LiteRT's object API ``ModelT``) in the order of ``names``, the names of
+    its first signature's outputs, and names each output tensor after its signature name.
+
+    The converter sorts a signature's outputs by name and names their tensors after the graph's
+    (``StatefulPartitionedCall:0``, ...); runtimes that read outputs by position (MediaPipe's first head,
+    ``Interpreter.get_output_details()``) then get what the order says, under a name that tells it.
+    """
+    signature = model.signatureDefs[0]
+    by_name = {_text(entry.name): entry for entry in signature.outputs}
+    if sorted(by_name) != sorted(names):
+        raise ValueError(f"The model's outputs are {sorted(by_name)}; expected {sorted(names)}.")
+    graph = model.subgraphs[signature.subgraphIndex]
+    order = [by_name[name].tensorIndex for name in names]
+    if sorted(order) != sorted(int(i) for i in graph.outputs):
+        raise ValueError(f"The signature's output tensors {order} are not the subgraph's {list(graph.outputs)}.")
+    signature.outputs = [by_name[name] for name in names]
+    graph.outputs = np.asarray(order, np.int32)
+    for name, index in zip(names, order):
+        graph.tensors[index].name = name
 
 
 def signature_output_names(model_content):

@@ -1,7 +1,8 @@
 """What every artifact serves, and how the runtimes run it.
 
-Every artifact takes one input named ``images`` and outputs ``logits`` and
-``probabilities``. The SavedModel's ``serving_default`` signature (the one the
+Every artifact takes one input named ``images`` and outputs ``probabilities``
+and ``logits`` (in this order where outputs have one: the TFLite models'
+first output, MediaPipe's first head, is the probabilities). The SavedModel's ``serving_default`` signature (the one the
 TFLite converters read) takes normalised float images; ``serving_uint8`` takes
 uint8 RGB pixels and normalises inside (``normalize_pixels``, with the model's
 own mean and std: ``keras_t2t.resolve.Preprocessing``). The writers trace the model under
@@ -17,6 +18,8 @@ from keras import ops
 from keras_t2t.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 INPUT_NAME = "images"
+#: The outputs, in the order of the TFLite models' outputs.
+OUTPUT_ORDER = ("probabilities", "logits")
 SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_uint8"
 

@@ -1,7 +1,9 @@
 """TFLite: the four conversions of the SavedModel, each with float or uint8-pixel input, and LiteRT's interpreter.
 
 The models use builtin ops only (no Select-TF/Flex ops), so they run in the
-standard LiteRT interpreter. ``int8`` is the recipe of
+standard LiteRT interpreter. Every model outputs ``probabilities`` first, then
+``logits`` (``serving.OUTPUT_ORDER``; the output tensors carry these names), so
+an app or MediaPipe reading the first head gets the probabilities. ``int8`` is the recipe of
 ``keras_t2t.export.quantize``: the fully connected layers in int8, the rest in
 float32. Every file carries TFLite metadata (``keras_t2t.export.metadata``):
 image size, input normalisation and the labels, which MediaPipe's
@@ -17,13 +19,14 @@ import warnings
 
 import numpy as np
 
+from keras_t2t.backends import native_output_quieted
 from keras_t2t.data.images import IMAGENET_MEAN, IMAGENET_STD
-from keras_t2t.export.metadata import add_metadata, classifier_metadata, describe_metadata, signature_output_names
+from keras_t2t.export.metadata import add_metadata, classifier_metadata, describe_metadata
 from keras_t2t.export.quantize import INT8_RECIPE, quantize_int8
 from keras_t2t.export.report import LABELS_FILE
 from keras_t2t.export.samples import to_uint8
 from keras_t2t.export.saved_model import write_saved_model
-from keras_t2t.export.serving import INPUT_NAME, SIGNATURE, UINT8_SIGNATURE, runtime_threads
+from keras_t2t.export.serving import INPUT_NAME, OUTPUT_ORDER, SIGNATURE, UINT8_SIGNATURE, runtime_threads
 
 #: The conversions: ``tflite_<quantization>`` is the format name, ``model_<quantization>.tflite`` its file.
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
@@ -52,18 +55,21 @@ def convert_tflite(saved_model_dir, quantization="float32", representative=None,
     if quantization == "int8":
         if representative is None:
             raise ValueError("The int8 conversion is calibrated on representative images; none were given.")
-        return quantize_int8(converter, to_uint8(representative, mean, std) if pixels else representative)
+        # The calibrator prints its settings to stderr ("fully_quantize: 0, inference_type: 6, ...").
+        with native_output_quieted():
+            return quantize_int8(converter, to_uint8(representative, mean, std) if pixels else representative)
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), native_output_quieted():
         warnings.simplefilter("ignore")  # TF's own deprecation notices about tf.lite
         return converter.convert()
 
 
 def with_metadata(content, name, image_hw, labels=None, pixels=False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """``content`` (a ``.tflite``) with the classifier's metadata and, when given, ``labels.txt`` inside.
+    """``content`` (a ``.tflite``) with the classifier's metadata and, when given, ``labels.txt`` inside, its
+    outputs in ``OUTPUT_ORDER`` (probabilities first) and named so.
 
     A float-input model's metadata states its normalisation on 0..255 pixels: 255 x ``mean`` and ``std``
     (the model's preprocessing, of 0..1 pixels).
@@ -77,14 +83,14 @@ def with_metadata(content, name, image_hw, labels=None, pixels=False, mean=IMAGE
         name,
         f"{name}: image classifier ({height}x{width} RGB"
         + (", uint8 pixels" if pixels else ", float input normalised as stated")
-        + "), outputs logits and probabilities. Exported by keras-t2t.",
+        + f"), outputs {' and '.join(OUTPUT_ORDER)}. Exported by keras-t2t.",
         image_hw,
-        signature_output_names(content),
+        OUTPUT_ORDER,
         labels_file=LABELS_FILE if labels is not None else None,
         normalization=normalization,
         author="keras-t2t",
     )
-    return add_metadata(content, metadata, files)
+    return add_metadata(content, metadata, files, output_order=OUTPUT_ORDER)
 
 
 def write_tflite(path, sources, quantization, pixels=False):
@@ -206,6 +212,10 @@ def tflite_runner(path):
     input_detail = runner.get_input_details()[INPUT_NAME]
     output_detail = runner.get_output_details()["logits"]
     takes_pixels = input_detail["dtype"] == np.uint8 and not input_detail["quantization"][0]
+
+    # LiteRT applies its XNNPACK delegate at the first run and says so on stderr: that run happens here.
+    with native_output_quieted():
+        runner(**{INPUT_NAME: np.zeros(input_detail["shape"], input_detail["dtype"])})
 
     def run(images):
         x = images

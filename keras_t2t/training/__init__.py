@@ -9,27 +9,27 @@ The pieces are importable on their own for ``model.fit`` users::
     train_ds = training.train_dataset(source, recipe, batch_size)
     model, summary = training.train(recipe, "runs/x")      # the whole generic trainer
 
-``training/train.py`` is the command line over ``train``.
+``training/train.py`` is the command line over ``train``; it reads ``recipe`` (no Keras) to
+build its parser, and imports the rest once its arguments are parsed.
 """
 
-from keras_t2t.training.callbacks import EMAEvaluation, ModelExporter, NaNGuard, Throughput, TrainingState, ema_weights
-from keras_t2t.training.data import (
-    DataSource,
-    resolve_data,
-    scan_image_folder,
-    steps_per_epoch,
-    train_dataset,
-    val_dataset,
-)
-from keras_t2t.training.distribute import Distribution, prepare_environment, setup_distribution
-from keras_t2t.training.optimizers import build_optimizer, build_schedule, no_decay_variables, smooth_labels
-from keras_t2t.training.recipe import DIGITS, MINI_MODEL, MINI_NAME, PAPER, PRESETS, Recipe
-from keras_t2t.training.schedules import WarmupCosineDecay
-from keras_t2t.training.trainer import build_model, train
+from keras_t2t.backends import load_public_api
 
-__all__ = [
-    "DIGITS", "MINI_MODEL", "MINI_NAME", "PAPER", "PRESETS", "Recipe", "WarmupCosineDecay", "build_schedule",
-    "build_optimizer", "no_decay_variables", "smooth_labels", "DataSource", "resolve_data", "scan_image_folder",
-    "steps_per_epoch", "train_dataset", "val_dataset", "Distribution", "setup_distribution", "prepare_environment",
-    "EMAEvaluation", "ModelExporter", "NaNGuard", "Throughput", "TrainingState", "ema_weights", "build_model", "train",
-]
+# The public names, by the module that defines them (all but ``recipe`` import Keras or TensorFlow).
+_PUBLIC_MODULES = {
+    "keras_t2t.training.recipe": ("DIGITS", "MINI_MODEL", "MINI_NAME", "PAPER", "PRESETS", "Recipe"),
+    "keras_t2t.training.schedules": ("WarmupCosineDecay",),
+    "keras_t2t.training.optimizers": ("build_schedule", "build_optimizer", "no_decay_variables", "smooth_labels"),
+    "keras_t2t.training.data": (
+        "DataSource", "resolve_data", "scan_image_folder", "steps_per_epoch", "train_dataset", "val_dataset",
+    ),
+    "keras_t2t.training.distribute": ("Distribution", "setup_distribution", "prepare_environment"),
+    "keras_t2t.training.callbacks": (
+        "EMAEvaluation", "ModelExporter", "NaNGuard", "Throughput", "TrainingState", "ema_weights",
+    ),
+    "keras_t2t.training.trainer": ("build_model", "train"),
+}
+__all__ = [name for names in _PUBLIC_MODULES.values() for name in names]
+
+# Now, or in a keras-t2t command (training/train.py) when a name is first used.
+load_public_api(globals(), _PUBLIC_MODULES)

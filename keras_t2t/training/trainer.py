@@ -38,6 +38,9 @@ from keras_t2t.training.recipe import Recipe
 # Recipe fields that may change between a run and its resumption (they do not
 # change what is trained or the schedule position).
 RESUMABLE_CHANGES = ("cache", "jit_compile", "data_dir", "manual_dir")
+# What a training run leaves in its folder, in the order the end of the run names them.
+RUN_FILES = ("model.keras", "preset", "summary.json", "recipe.json", "history.csv", "best.weights.h5",
+             "last.weights.h5", "logs", "resume")
 
 
 def model_names():
@@ -206,7 +209,6 @@ def train(recipe, output_dir, distribution=None, weights=None, eval_only=False, 
         _print(verbose, f"global batch {recipe.batch_size} = {distribution.num_replicas} x {per_replica}; "
                         f"{steps} steps per epoch; peak lr {recipe.scaled_lr():.3g} "
                         f"({recipe.lr:g} x {recipe.batch_size}/{recipe.lr_base_batch})")
-        _print(verbose, "recipe:\n" + recipe.describe())
         _print(verbose, "augmentation: " + recipe.augmentation_summary())
         if is_chief and not eval_only:
             write_json_atomic(os.path.join(output_dir, "recipe.json"), recipe.to_dict())
@@ -327,9 +329,20 @@ def _run(recipe, output_dir, files_dir, distribution, source, steps, initial_epo
         # An evaluation in a training run's folder does not replace that run's summary.
         name = "eval_summary.json" if eval_only and resume.read_state(output_dir) else "summary.json"
         write_json_atomic(os.path.join(output_dir, name), summary)
-    _print(verbose, json.dumps(summary, indent=2))
+    after = "" if eval_only else f" after {summary['epochs']} epoch{'s' * (summary['epochs'] != 1)}"
+    _print(verbose, f"validation top-1 {100 * summary['val_top1']:.2f}% (top-5 {100 * summary['val_top5']:.2f}%) "
+                    f"on {summary['num_val']} images{after}")
+    if distribution.is_chief:
+        _print(verbose, _written(output_dir, [name] if eval_only else RUN_FILES))
     model.training_summary = summary
     return model, summary
+
+
+def _written(output_dir, names):
+    """``wrote <folder>: <file>, <folder>/, ...`` for those of ``names`` that are in ``output_dir``."""
+    found = [name + ("/" if os.path.isdir(os.path.join(output_dir, name)) else "") for name in names
+             if os.path.exists(os.path.join(output_dir, name))]
+    return f"wrote {os.path.join(output_dir, '')}: {', '.join(found)}"
 
 
 def _images_per_second(throughput, training_state):

@@ -106,7 +106,8 @@ def test_only_the_fully_connected_layers_compute_in_int8_and_the_model_takes_and
 # Item 17: metadata and uint8 pixels, as MediaPipe reads them
 # --------------------------------------------------------------------------
 def classify_with_mediapipe(model_path, pixels):
-    """The categories of MediaPipe's ImageClassifier for each uint8 picture, per head: ``[{head: [(name, score)]}]``."""
+    """The categories of MediaPipe's ImageClassifier for each uint8 picture, per head in MediaPipe's order:
+    ``[{head: [(name, score)]}]``."""
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
@@ -152,7 +153,7 @@ def test_mediapipe_classifies_digits_with_the_pixel_models_as_keras_does_naming_
     some = slice(None, None, 40)
     found = classify_with_mediapipe(os.path.join(out, "model_float32_pixels.tflite"), pixels[some])
     for result, name, scores in zip(found, expected[some], probabilities[some]):
-        assert set(result) == {"logits", "probabilities"}
+        assert list(result) == ["probabilities", "logits"]  # classifications[0], what an app reads, is the first
         assert result["probabilities"][0] == (name, pytest.approx(float(np.max(scores)), abs=1e-4))
     found = classify_with_mediapipe(os.path.join(out, "model_int8_pixels.tflite"), pixels)
     assert len(found) == 359
@@ -188,7 +189,7 @@ def test_the_metadata_states_image_size_normalisation_and_labels_as_the_schema_d
             np.testing.assert_allclose(options.MeanAsNumpy(), 255 * np.array(IMAGENET_MEAN), rtol=1e-6)
             np.testing.assert_allclose(options.StdAsNumpy(), 255 * np.array(IMAGENET_STD), rtol=1e-6)
         outputs = [subgraph.OutputTensorMetadata(i) for i in range(subgraph.OutputTensorMetadataLength())]
-        assert [output.Name() for output in outputs] == [b"logits", b"probabilities"]
+        assert [output.Name() for output in outputs] == [b"probabilities", b"logits"]  # the model's output order
         for output in outputs:
             assert output.AssociatedFiles(0).Name() == b"labels.txt"
             assert output.AssociatedFiles(0).Type() == schema.AssociatedFileType.TENSOR_AXIS_LABELS

@@ -1,11 +1,15 @@
 """training/train.py: the command line over keras_t2t.training, on the current backend (in process)."""
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
 import platform
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,11 +39,19 @@ def digits_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(digits_dir, tmp_path_factory):
+def tiny_run_printed(digits_dir, tmp_path_factory):
+    """``(output folder, summary.json, what the run printed)``."""
     out = str(tmp_path_factory.mktemp("cli") / "run")
-    assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert train_cli.main(["--output-dir", out, "--data-dir", digits_dir] + TINY) == 0
     with open(os.path.join(out, "summary.json")) as handle:
-        return out, json.load(handle)
+        return out, json.load(handle), printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_printed):
+    return tiny_run_printed[:2]
 
 
 def test_print_recipe_shows_the_digits_default_and_the_paper_recipe_elsewhere(capsys, tmp_path):
@@ -52,6 +64,45 @@ def test_print_recipe_shows_the_digits_default_and_the_paper_recipe_elsewhere(ca
     assert (paper["mixup_alpha"], paper["cutmix_alpha"], paper["ema_decay"]) == (0.5, 1.0, 0.99996)
     assert paper["weight_decay"] == 0.03  # the reference's for T2T-ViT-7
     assert not os.listdir(tmp_path)
+
+
+def test_a_run_opens_with_the_recipe_in_one_line_and_closes_with_top1_files_and_next_commands(tiny_run_printed,
+                                                                                           digits_dir):
+    out, summary, printed = tiny_run_printed
+    lines = printed.splitlines()
+    assert lines[0] == ("recipe digits: t2t_vit_mini on digits at 32x32, 1 epoch, batch 32, peak lr 0.002, float32 "
+                        "(--print-recipe shows every field)")
+    assert not any(line.strip().startswith("lr_base_batch") for line in lines)  # no recipe dump
+    assert not any(line.strip().startswith(("{", "}", '"val_top1"')) for line in lines)  # no JSON dump
+    logs = "logs/, " if importlib.util.find_spec("tensorboard") else ""
+    model, val = os.path.join(out, "model.keras"), os.path.join(digits_dir, "val")
+    assert lines[-5:] == [
+        f"validation top-1 {100 * summary['val_top1']:.2f}% (top-5 {100 * summary['val_top5']:.2f}%) on 64 images "
+        "after 1 epoch",
+        f"wrote {out}/: model.keras, preset/, summary.json, recipe.json, history.csv, best.weights.h5, "
+        f"last.weights.h5, {logs}resume/",
+        "next:",
+        f"  keras-t2t-evaluate --model {model} --data-dir {val}",
+        f"  keras-t2t-export --model {model} --output-dir {os.path.join(out, 'export')} --sample-dir {val}",
+    ]
+
+
+def test_the_next_commands_a_run_prints_work_as_printed(tiny_run_printed, capsys):
+    from keras_t2t.cli import evaluate as evaluate_cli
+    from keras_t2t.export import cli as export_cli
+
+    out, _, printed = tiny_run_printed
+    evaluate, export = (shlex.split(line) for line in printed.splitlines()[-2:])
+    assert evaluate[0] == "keras-t2t-evaluate" and export[0] == "keras-t2t-export"
+    capsys.readouterr()
+    assert evaluate_cli.main(evaluate[1:] + ["--no-progress"]) == 0
+    assert re.search(r"^top1 \d+\.\d+%  top5 \d+\.\d+%  on 359 images, 10 classes", capsys.readouterr().out, re.M)
+    args = export_cli.build_parser().parse_args(export[1:])
+    assert (args.model, args.output_dir) == (os.path.join(out, "model.keras"), os.path.join(out, "export"))
+    if keras.backend.backend() == "tensorflow":  # time budget: one format, in the TensorFlow session
+        assert export_cli.main(export[1:] + ["--formats", "tflite_float32", "--num-samples", "4", "--latency-runs",
+                                             "1", "--quiet"]) == 0
+        assert os.path.isfile(os.path.join(out, "export", "model_float32.tflite"))
 
 
 def test_a_tiny_run_writes_summary_checkpoints_and_logs(tiny_run):
@@ -107,7 +158,7 @@ def test_keep_freed_memory_is_applied_before_the_run(tiny_run, digits_dir, tmp_p
     assert train_cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "allocator: freed memory stays in the process (mmap threshold 33554432 bytes" in printed
-    assert printed.index("allocator:") < printed.index("recipe preset:")
+    assert printed.index("allocator:") < printed.index("backend ")  # the trainer's first line
 
 
 def _files(folder):
@@ -286,7 +337,7 @@ def test_an_unwritable_output_dir_fails_first_in_one_line(where, message, digits
 def test_an_unknown_keras_backend_is_one_line_naming_the_valid_ones(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="bogus", PYTHONPATH=REPO)
     result = subprocess.run([sys.executable, os.path.join(REPO, "training", "train.py"), "--output-dir",
-                             str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120, check=False)
+                             str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=3600, check=False)
     assert result.returncode == 2
     assert result.stderr == ("error: unknown Keras backend 'bogus' (KERAS_BACKEND or keras.json); training runs on "
                              "tensorflow, jax, torch.\n")
