@@ -114,6 +114,9 @@ def build_parser():
         elif isinstance(default, tuple):
             recipe.add_argument(*names, dest=field.name, type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                                 help=help_text)
+        elif field.name == "image_size":
+            recipe.add_argument(*names, dest=field.name, type=_square_size, default=None, metavar="N",
+                                help=help_text)
         else:
             recipe.add_argument(*names, dest=field.name, type=type(default), default=None, help=help_text)
     return parser
@@ -131,6 +134,23 @@ def recipe_from_args(args):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     return preset, dataclasses.replace(base, **overrides)
+
+
+def _square_size(text):
+    """``--image-size``: ``N``, or ``NxN``; the recipe's crops are square, so ``HxW`` of two sides is refused
+    in one line (the other commands take ``HxW``)."""
+    parts = text.lower().split("x")
+    try:
+        sides = [int(part) for part in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"must be N or NxN (a positive number of pixels); got {text!r}")
+    if len(set(sides)) != 1:
+        raise argparse.ArgumentTypeError(
+            f"training crops square images: give N (got {text!r}); a model trained at N runs at any HxW its "
+            "T2T stages split (the position table is resized), and the other commands take HxW")
+    return sides[0]
 
 
 def _model_from_handle(args):

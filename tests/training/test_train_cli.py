@@ -447,3 +447,16 @@ def test_a_preset_folder_or_keras_file_as_model_is_that_model_starting_from_thos
     with pytest.raises(SystemExit):
         train_cli.main(["--output-dir", str(tmp_path), "--model", str(tmp_path / "nothing.keras")])
     assert "--model: " in capsys.readouterr().err
+
+
+def test_image_size_takes_n_or_nxn_and_refuses_two_sides_in_one_line(capsys, tmp_path):
+    # Issue 23, item 14: "--image-size 32x48" was "invalid int value" although every command takes N or HxW.
+    args = train_cli.build_parser().parse_args(["--output-dir", str(tmp_path), "--image-size", "48x48"])
+    assert args.image_size == 48
+    for bad, words in (("32x48", "training crops square images: give N (got '32x48')"), ("0", "must be N or NxN")):
+        with pytest.raises(SystemExit) as stop:
+            train_cli.main(["--output-dir", str(tmp_path / "run"), "--image-size", bad])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert words in err and err.strip().splitlines()[-1].startswith("train.py: error:")
+    assert not (tmp_path / "run").exists()
