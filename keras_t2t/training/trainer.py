@@ -30,7 +30,7 @@ from keras_t2t.training.optimizers import build_optimizer, build_schedule
 from keras_t2t.applications import create_model
 from keras_t2t.builders import list_models
 from keras_t2t.hub.preset_files import save_preset
-from keras_t2t.io_utils import check_output_folder, write_json_atomic
+from keras_t2t.io_utils import check_output_folder, remove_path, write_json_atomic
 from keras_t2t.models.presets import get_preset
 from keras_t2t.resolve import check_weights_handle, load_weights_into, resolve_model
 from keras_t2t.training.recipe import Recipe
@@ -184,7 +184,35 @@ def train(recipe, output_dir, distribution=None, weights=None, eval_only=False, 
                                    skip_bad_images=skip_bad_images)
     steps = data_lib.steps_per_epoch(source, recipe, recipe.batch_size) if not eval_only else 0
     initial_epoch, state = (0, None) if eval_only else check_resume(output_dir, recipe, source)
+    fresh = not os.path.isdir(output_dir) or not os.listdir(output_dir)
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    try:
+        return _train_in_folder(recipe, output_dir, distribution, weights, eval_only, verbose, callbacks, source,
+                                per_replica, steps, initial_epoch, state)
+    except BaseException:
+        if fresh and distribution.is_chief:
+            _remove_untouched_start(output_dir, created)
+        raise
+
+
+def _remove_untouched_start(output_dir, created):
+    """What a fresh run that failed before training left (its lock, its recipe.json, the folder it
+    made): removed, so a bad --weights file or any early failure leaves nothing behind."""
+    names = set(os.listdir(output_dir))
+    if names - {resume.LOCK_FILE, "recipe.json"}:
+        return  # something more was written: a resumable run, or someone else's files
+    for name in names:
+        remove_path(os.path.join(output_dir, name))
+    if created:
+        try:
+            os.rmdir(output_dir)
+        except OSError:
+            pass
+
+
+def _train_in_folder(recipe, output_dir, distribution, weights, eval_only, verbose, callbacks, source, per_replica,
+                     steps, initial_epoch, state):
     is_chief = distribution.is_chief
     # Non-chief workers of a multi-worker run write nothing to the shared folder.
     files_dir = output_dir if is_chief else os.path.join(output_dir, f".worker{distribution.worker_index}")

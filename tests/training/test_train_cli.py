@@ -460,3 +460,19 @@ def test_image_size_takes_n_or_nxn_and_refuses_two_sides_in_one_line(capsys, tmp
         err = capsys.readouterr().err
         assert words in err and err.strip().splitlines()[-1].startswith("train.py: error:")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_weights_file_leaves_no_output_folder_behind(digits_dir, tmp_path, capsys):
+    # Issue 23, item 17: the run failed after creating the folder, leaving .lock and recipe.json.
+    bad = tmp_path / "broken.weights.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # an HDF5 signature, then nothing
+    out = tmp_path / "run"
+    code = train_cli.main(["--output-dir", str(out), "--data-dir", digits_dir, "--weights", str(bad)] + TINY)
+    assert code != 0
+    assert "broken.weights.h5" in capsys.readouterr().err
+    assert not out.exists()
+    # A folder that held the user's files before keeps them, and only them.
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert train_cli.main(["--output-dir", str(out), "--data-dir", digits_dir, "--weights", str(bad)] + TINY) != 0
+    assert (out / "notes.txt").read_text() == "mine"
