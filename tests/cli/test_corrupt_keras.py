@@ -34,3 +34,15 @@ def test_every_command_names_a_damaged_keras_file_in_one_line(damaged, tmp_path,
         assert err.count("\n") == 1 and f"'{path}' is not a readable '.keras' model file" in err and words in err, err
         assert "File not found" not in err and "Traceback" not in err
     assert not (tmp_path / "vis").exists() and not (tmp_path / "export").exists()
+
+
+def test_visualize_refuses_a_decompression_bomb_image_in_one_line(damaged, tmp_path, capsys):
+    # Issue 23, item 13: a 20000x20000 PNG (48 KB on disk) gave a DecompressionBombError traceback.
+    from PIL import Image
+
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
+    argv = ["--model", str(damaged / "good.keras"), "--image", str(tmp_path / "bomb.png"),
+            "--output-dir", str(tmp_path / "vis")]
+    assert visualize_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bomb.png" in err and "exceeds limit" in err and "Traceback" not in err
