@@ -78,18 +78,26 @@ def atomic_temp_path(directory, final_name, is_directory=False):
 
 
 def atomic_temp_file_like(final, suffix):
-    """A new, empty hidden file ``.<name>.partial-*<suffix>`` beside ``final``.
+    """A new, empty hidden file ``.<name>.partial-<pid>-*<suffix>`` beside ``final``.
 
     ``atomic_temp_path`` for writers that pick their format from the path's ending
     (Keras saves ``.keras`` and ``.weights.h5`` by suffix); ``install_atomic``
-    moves it onto ``final``, ``remove_path`` discards it.
+    moves it onto ``final``, ``remove_path`` discards it. The writer's process id in
+    the name lets a later writer remove what a killed one left
+    (``stale_file_patterns``).
     """
     final = os.path.abspath(final)
     fd, path = tempfile.mkstemp(
-        dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.partial-", suffix=suffix
+        dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.partial-{os.getpid()}-", suffix=suffix
     )
     os.close(fd)
     return path
+
+
+def stale_file_patterns(final):
+    """The ``remove_stale_temporaries`` patterns of what ``atomic_temp_file_like(final, ...)`` writers that
+    were killed left: stale as soon as their process has ended."""
+    return [f".{os.path.basename(os.fspath(final))}.partial-{{pid}}-*"]
 
 
 def save_atomic(path, save):

@@ -60,7 +60,14 @@ from keras_t2t.cli.commands import WEIGHTS_ENTRIES, one_line  # noqa: E402
 from keras_t2t.cli.commands import convert as main  # noqa: E402 - the entry point: parses, then run()
 from keras_t2t.cli.commands import convert_parser as build_parser  # noqa: E402
 from keras_t2t.hub.presets import is_preset_name, preset_release  # noqa: E402
-from keras_t2t.io_utils import atomic_temp_file_like, check_output_folder, install_atomic, remove_path  # noqa: E402
+from keras_t2t.io_utils import (
+    atomic_temp_file_like,
+    check_output_folder,
+    install_atomic,
+    remove_path,
+    remove_stale_temporaries,
+    stale_file_patterns,
+)  # noqa: E402
 from keras_t2t.models.presets import ALL_VARIANTS  # noqa: E402
 from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT, T2TViT  # noqa: E402
 from keras_t2t.resolve import resolve_model  # noqa: E402
@@ -221,6 +228,9 @@ def convert(args, out=print):
         raise ConversionError("--classes and --no-top exclude each other")
 
     _checkpoint_from_model(args)
+    # What killed conversions to this output left (their process has ended).
+    for path in remove_stale_temporaries(folder, stale_file_patterns(output)):
+        out(f"removed {os.path.basename(path)}, left by a conversion that was killed")
     entry = None if args.weights_entry == "auto" else args.weights_entry
     state, info = _read(args.checkpoint, entry)
     nonfinite = _nonfinite(args.checkpoint, state, info, args.allow_nonfinite)

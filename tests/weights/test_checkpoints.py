@@ -382,3 +382,16 @@ def test_python_dash_m_entry_point_converts(tmp_path, t7):
     assert "variant: t2t_vit_7 (detected)" in result.stdout and f"wrote {output}" in result.stdout
     assert _reload_diff(result.stdout) <= 1e-6 and "111 tensors equal the checkpoint's" in result.stdout
     assert os.listdir(tmp_path) == ["cli.weights.h5"]
+
+
+def test_a_conversion_removes_what_killed_conversions_to_that_output_left(tmp_path, capsys, t7):
+    # Issue 23, item 8: each SIGKILLed convert left a .<name>.keras.partial-*.keras that nothing removed.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".t7.keras.partial-{dead.pid}-abc123.keras"
+    leftover.write_bytes(b"half a model")
+    alive = tmp_path / f".t7.keras.partial-{os.getpid()}-def456.keras"  # a conversion still running
+    alive.write_bytes(b"being written")
+    code, out, _ = _run_cli(capsys, t7.path, "-o", tmp_path / "t7.keras")
+    assert code == 0 and f"removed {leftover.name}, left by a conversion that was killed" in out
+    assert sorted(os.listdir(tmp_path)) == sorted([alive.name, "t7.keras"])
