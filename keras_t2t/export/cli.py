@@ -122,7 +122,7 @@ def build_parser(prog="keras-t2t-export"):
         help="top-1 is compared up to near-ties: the artifact's top class agrees when the Keras model scores it "
         f"within this many logits of its own top class (default {DEFAULT_DECISIVE_MARGIN:g})",
     )
-    parser.add_argument("--labels", help="class names, one per line (default: ImageNet's for 1000 classes)")
+    parser.add_argument("--labels", help="class names: a UTF-8 file, one per line, or \"imagenet\" (default: the names the training run recorded, ImageNet's for an ImageNet release, else class_<i>, said on the output)")
     parser.add_argument(
         "--no-uint8-signature", dest="uint8_signature", action="store_false",
         help="leave out the SavedModel signature that takes uint8 pixels",
