@@ -246,7 +246,8 @@ def main(argv=None):
     try:
         _model_from_handle(args)
     except (ValueError, FileNotFoundError) as error:
-        parser.error(f"--model: {error}")
+        print(f"error: --model: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     preset, recipe = recipe_from_args(args)
     try:
         recipe = recipe.resolved()

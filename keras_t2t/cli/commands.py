@@ -10,6 +10,7 @@ its entry point here; ``keras-t2t-export``'s is ``keras_t2t.export.cli``.
 
 import argparse
 import ast
+import importlib
 import importlib.util
 import sys
 
@@ -58,6 +59,14 @@ def _parsed(parser, argv, prefix="error: ", hint=" (see --help)"):
     if args is not None:
         quiet_logs(args.verbose)
     return args, code
+
+
+def _command(parser, module, argv):
+    """Parses ``argv`` with ``parser()`` (no Keras), then imports ``keras_t2t.cli.<module>`` and runs it."""
+    args, code = _parsed(parser(), argv)
+    if args is None:
+        return code
+    return importlib.import_module(f"keras_t2t.cli.{module}").run(args)
 
 
 # --------------------------------------------------------------------------
@@ -113,12 +122,7 @@ def convert_parser():
 
 def convert(argv=None):
     """``keras-t2t-convert`` (``keras_t2t.cli.convert``); returns the exit code."""
-    args, code = _parsed(convert_parser(), argv)
-    if args is None:
-        return code
-    from keras_t2t.cli import convert as command
-
-    return command.run(args)
+    return _command(convert_parser, "convert", argv)
 
 
 # --------------------------------------------------------------------------
@@ -241,12 +245,7 @@ def visualize_parser():
 
 def visualize(argv=None):
     """``keras-t2t-visualize`` (``keras_t2t.cli.visualize``); returns the exit code."""
-    args, code = _parsed(visualize_parser(), argv)
-    if args is None:
-        return code
-    from keras_t2t.cli import visualize as command
-
-    return command.run(args)
+    return _command(visualize_parser, "visualize", argv)
 
 
 # --------------------------------------------------------------------------
@@ -278,9 +277,4 @@ def weights_parser():
 
 def weights(argv=None):
     """``keras-t2t-weights`` (``keras_t2t.cli.weights``); returns the exit code."""
-    args, code = _parsed(weights_parser(), argv)
-    if args is None:
-        return code
-    from keras_t2t.cli import weights as command
-
-    return command.run(args)
+    return _command(weights_parser, "weights", argv)

@@ -6,6 +6,7 @@ that failed (one line naming the manual route). The parser and the entry point a
 ``keras_t2t.cli.commands`` (no Keras): ``main`` parses, then ``run`` draws.
 """
 
+# ruff: noqa: E402 - Keras is imported below the entry block, so that --help answers without it
 import os
 import re
 import sys
@@ -15,29 +16,28 @@ if __name__ == "__main__":  # python -m keras_t2t.cli.visualize: parse before Ke
 
     sys.exit(_command())
 
-import keras  # noqa: E402
+import keras
 
-from keras_t2t.applications import create_model  # noqa: E402
-from keras_t2t.cli.args import UsageError  # noqa: E402
-from keras_t2t.cli.commands import COMPARE_FILE, RANDOM  # noqa: E402
-from keras_t2t.cli.commands import visualize as main  # noqa: E402 - the entry point: parses, then run()
-from keras_t2t.cli.commands import visualize_parser as build_parser  # noqa: E402
-from keras_t2t.data.digits import digits_sample  # noqa: E402
-from keras_t2t.data.images import load_image, load_image_resized  # noqa: E402
-from keras_t2t.hub.presets import is_preset_name  # noqa: E402
-from keras_t2t.io_utils import check_output_folder  # noqa: E402
-from keras_t2t.models.presets import MODELS, unknown_model_error  # noqa: E402
-from keras_t2t.precision import apply_dtype  # noqa: E402
-from keras_t2t.resolve import resolve_model  # noqa: E402
-from keras_t2t.training.recipe import DIGITS  # noqa: E402
-from keras_t2t.visualize import (  # noqa: E402
+from keras_t2t.applications import create_model
+from keras_t2t.cli.args import UsageError
+# The entry point (main: parses, then run()) and its parser live in commands, free of Keras.
+from keras_t2t.cli.commands import COMPARE_FILE, RANDOM, visualize as main, visualize_parser as build_parser
+from keras_t2t.data.digits import digits_sample
+from keras_t2t.data.images import load_image, load_image_resized
+from keras_t2t.hub.presets import is_preset_name
+from keras_t2t.io_utils import check_output_folder
+from keras_t2t.models.presets import MODELS, unknown_model_error
+from keras_t2t.precision import apply_dtype
+from keras_t2t.resolve import resolve_model
+from keras_t2t.training.recipe import DIGITS
+from keras_t2t.visualize import (
     KERAS_APPLICATIONS,
     compare_features,
     require_matplotlib,
     visualize,
 )
-from keras_t2t.weights.loading import is_checkpoint_path  # noqa: E402
-from keras_t2t.weights.pretrained import WeightsFetchError, is_weights_tag, release_for  # noqa: E402
+from keras_t2t.weights.loading import is_checkpoint_path
+from keras_t2t.weights.pretrained import WeightsFetchError, is_weights_tag, release_for
 
 __all__ = [
     "COMPARE_FILE", "RANDOM", "build_parser", "check_source", "keras_application", "load_input", "load_labelled",

@@ -256,5 +256,7 @@ def test_the_class_names_of_a_training_run_are_the_labels_only_when_they_fit_the
     found = training_class_names(str(model))
     assert found == (["cat", "dog", "emu"], f"training run: {tmp_path / 'summary.json'}")
     assert resolve_labels(None, 3, found) == found
-    assert resolve_labels(None, 4, found) == (["class_0", "class_1", "class_2", "class_3"], "generic (no labels given)")
+    names, source = resolve_labels(None, 4, found)
+    assert names == ["class_0", "class_1", "class_2", "class_3"]
+    assert source.startswith("generic class_<i>") and "records 3 class names, the model has 4 classes" in source
     assert resolve_labels(["a", "b", "c"], 3, found) == (["a", "b", "c"], "list")
