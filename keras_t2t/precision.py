@@ -231,6 +231,10 @@ def prepare_for_inference(model):
     return model
 
 
+# Attributes the loaders set on a model (``resolve.Resolved``, visualize) that a cast copy keeps.
+TRAVELS_WITH_THE_MODEL = ("preprocessing", "resolved_from")
+
+
 def cast_model(model, dtype):
     """A copy of the keras_t2t ``model`` built in ``dtype`` (a policy name), its weights cast to it.
 
@@ -251,6 +255,9 @@ def cast_model(model, dtype):
             )
         # Through NumPy: a new buffer for every variable (JAX may donate a shared one).
         target.assign(keras.ops.convert_to_numpy(keras.ops.cast(source.value, target.dtype)))
+    for name in TRAVELS_WITH_THE_MODEL:  # what the loaders attached: the twin is fed and described alike
+        if hasattr(model, name):
+            setattr(twin, name, getattr(model, name))
     return twin
 
 

@@ -260,6 +260,6 @@ def load_image_resized(path, height, width, channels=3):
     try:
         with Image.open(path) as handle:
             picture = handle.convert("RGB").resize((width, height), Image.BICUBIC)
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
         raise ValueError(f"{os.fspath(path)!r} is not an image PIL can read ({error}).") from error
     return preprocess_input(np.asarray(picture, dtype="float32"))

@@ -46,3 +46,27 @@ def test_visualize_refuses_a_decompression_bomb_image_in_one_line(damaged, tmp_p
     assert visualize_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bomb.png" in err and "exceeds limit" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_visualize_feeds_the_models_preprocessing_in_either_dtype(damaged, tmp_path, capsys, dtype):
+    # A bfloat16 cast (the "auto" dtype on a CPU with bfloat16) dropped the preprocessing the loader attached:
+    # the image went through another transform, and a bomb past the reader that refuses it in one line.
+    from PIL import Image
+
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    argv = ["--model", str(damaged / "good.keras"), "--image", str(tmp_path / "red.png"),
+            "--output-dir", str(tmp_path / "vis"), "--dtype", dtype]
+    assert visualize_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "crop_pct 0.9" in out and f"{dtype}:" in out, out
+
+
+def test_the_resize_reader_refuses_a_decompression_bomb_with_the_files_name(tmp_path):
+    from PIL import Image
+
+    from keras_t2t.data.images import load_image_resized
+
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match=r"bomb\.png.*exceeds limit"):
+        load_image_resized(tmp_path / "bomb.png", 32, 32)

@@ -84,6 +84,16 @@ def test_bfloat16_model_keeps_its_float32_islands_and_returns_float32(trained32)
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
 
 
+def test_a_cast_copy_keeps_the_preprocessing_and_the_source_its_loader_attached(tmp_path):
+    from keras_t2t.resolve import resolve_model
+
+    resolved = resolve_model(TRAINED)
+    resolved.model.preprocessing = resolved.preprocessing  # as keras-t2t-visualize attaches it
+    model = precision.cast_model(resolved.model, "bfloat16")
+    assert model is not resolved.model and precision.compute_dtype(model) == "bfloat16"
+    assert model.preprocessing == resolved.preprocessing and model.resolved_from == resolved.model.resolved_from
+
+
 @pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
 def test_builder_loads_a_float32_file_into_bfloat16_variables(trained32, digits_val, tmp_path, suffix):
     path = str(tmp_path / f"mini{suffix}")
