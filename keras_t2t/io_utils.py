@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 
@@ -28,10 +29,29 @@ def _umask():
     return mask
 
 
-def _permissions_of_a_new(path):
+def _permissions_of_a_new(path, umask=None):
     # mkstemp/mkdtemp make private (0600/0700) entries; the final file gets the
-    # permissions any new file or folder gets under the umask.
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+    # permissions any new file or folder gets under the umask (never an executable
+    # file). A link is left alone: its target is not ours to change.
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISLNK(mode):
+        os.chmod(path, (0o777 if stat.S_ISDIR(mode) else 0o666) & ~(_umask() if umask is None else umask))
+
+
+def apply_umask_tree(root):
+    """Gives ``root`` and every folder and file under it the permissions a new one gets under the umask.
+
+    Folders become ``0o777 & ~umask`` and files ``0o666 & ~umask``; links are
+    neither changed nor followed. For trees another library wrote with modes of
+    its own (TensorFlow makes a SavedModel's ``variables/`` 0755 whatever the umask).
+    """
+    umask = _umask()
+    _permissions_of_a_new(root, umask)
+    if os.path.islink(root) or not os.path.isdir(root):
+        return
+    for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+        for name in dirs + files:
+            _permissions_of_a_new(os.path.join(folder, name), umask)
 
 
 def write_atomic(path, write):

@@ -2,7 +2,8 @@
 
 Every file of an export (the artifacts, ``labels.txt``, ``report.json``) is
 written into a staging folder first; nothing in ``output_dir`` changes until
-the export is complete. Then (``ExportStaging.commit``):
+the export is complete. Then (``ExportStaging.commit``) every folder and file
+in it gets the permissions a new one gets under the umask, and:
 
 * ``output_dir`` does not exist yet: the staging folder, made beside it as
   ``.<name>.export-<pid>``, is renamed onto it (one rename);
@@ -33,7 +34,7 @@ import stat
 
 from keras_t2t.export.formats import ARTIFACT_FILES
 from keras_t2t.export.report import LABELS_FILE, REPORT_FILE
-from keras_t2t.io_utils import install_atomic, remove_path, remove_stale_temporaries
+from keras_t2t.io_utils import apply_umask_tree, install_atomic, remove_path, remove_stale_temporaries
 
 #: Every name an export owns in its output folder, in the order they are moved in (``report.json`` last).
 EXPORT_ENTRIES = (*ARTIFACT_FILES.values(), LABELS_FILE, REPORT_FILE)
@@ -136,6 +137,7 @@ class ExportStaging:
 
     def commit(self):
         """Switches the staged export in, replacing every export entry of ``output_dir`` (see the module)."""
+        apply_umask_tree(self.path)  # what TensorFlow made in it (variables/, assets/...) ignored the umask
         if self.beside and not os.path.lexists(self.output_dir):
             with contextlib.suppress(OSError):  # fails only if someone made the folder meanwhile
                 os.rename(self.path, self.output_dir)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 
@@ -173,6 +174,28 @@ def test_other_files_in_the_output_folder_are_never_touched(models, earlier_expo
                         *CHEAP]) == 0
     assert sorted(os.listdir(out)) == ["labels.txt", "model_float16.tflite", "notes.txt", "report.json"]
     assert hidden_leftovers(out) == []
+
+
+@on_tensorflow
+def test_every_folder_and_file_tensorflow_writes_into_an_export_gets_the_umask_permissions(models, tmp_path):
+    # Issue 23, item 8: TensorFlow makes the SavedModel's variables/ and assets/ 0755 whatever the umask, so
+    # under a group-writable umask (0o002) they lacked the group's write bit (0o027 would hide it: 0755 & ~027).
+    out = str(tmp_path / "export")
+    umask = os.umask(0o002)
+    try:
+        assert export.main(["--model", models["good"], "--output-dir", out, "--formats", "saved_model",
+                            *CHEAP]) == 0
+    finally:
+        os.umask(umask)
+    modes = {".": (stat.S_IMODE(os.lstat(out).st_mode), True)}
+    for root, dirs, files in os.walk(out):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            modes[os.path.relpath(path, out)] = (stat.S_IMODE(os.lstat(path).st_mode), os.path.isdir(path))
+    assert modes[os.path.join("saved_model", "variables")][1]
+    wrong = {name: oct(mode) for name, (mode, is_dir) in modes.items()
+             if mode != (0o777 if is_dir else 0o666) & ~0o002}
+    assert wrong == {}
 
 
 KILLED_EXPORT = """
