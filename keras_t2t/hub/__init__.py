@@ -1,4 +1,4 @@
-"""T2T-ViT in KerasHub: the backbone, the classifier task, its preprocessing, and the presets.
+"""T2T-ViT (and the ViT baseline) in KerasHub: backbones, classifier tasks, their preprocessing, presets.
 
 Importing this registers the classes with Keras (``keras_t2t>T2TViTBackbone``, ...),
 so KerasHub's own ``keras_hub.models.ImageClassifier.from_preset(folder)`` and
@@ -11,5 +11,7 @@ from keras_t2t.hub.classifier import (
     T2TViTImageClassifierPreprocessor,
     T2TViTImageConverter,
 )
+from keras_t2t.hub.vit import ViTBackbone, ViTImageClassifier, ViTImageClassifierPreprocessor, ViTImageConverter
 
-__all__ = ["T2TViTBackbone", "T2TViTImageClassifier", "T2TViTImageClassifierPreprocessor", "T2TViTImageConverter"]
+__all__ = ["T2TViTBackbone", "T2TViTImageClassifier", "T2TViTImageClassifierPreprocessor", "T2TViTImageConverter",
+           "ViTBackbone", "ViTImageClassifier", "ViTImageClassifierPreprocessor", "ViTImageConverter"]

@@ -156,40 +156,32 @@ class T2TViTImageClassifierPreprocessor(ImageClassifierPreprocessor):
     image_converter_cls = T2TViTImageConverter
 
 
-@keras.saving.register_keras_serializable(package="keras_t2t")
-class T2TViTImageClassifier(ImageClassifier):
-    """T2T-ViT image classification as a KerasHub task.
+class TokenImageClassifier(ImageClassifier):
+    """What the package's KerasHub classifiers share: a head on the class token of a backbone's sequence.
 
     The class token of the backbone's normed sequence (``pooling="token"``, the
     authors'; ``"avg"``: the mean patch token) goes through ``head``; with
     ``token_labeling_head``, Token Labeling's ``aux_head`` scores every patch token
-    and ``0.5 *`` their per-class maximum is added, as the authors evaluate their
-    84.2% T2T-ViT-24. Returns logits unless ``activation`` says otherwise (KerasHub's default).
-
-    Args:
-        backbone: a ``keras_t2t.T2TViTBackbone``.
-        num_classes: the class count.
-        preprocessor: a ``T2TViTImageClassifierPreprocessor``, or None to feed normalised images.
-        pooling: ``"token"`` or ``"avg"``.
-        activation: None (logits), ``"softmax"``, ...
-        dropout: dropout before the head.
-        token_labeling_head: add Token Labeling's per-token head.
+    and ``0.5 *`` their per-class maximum is added. Returns logits unless
+    ``activation`` says otherwise (KerasHub's default). A subclass names its
+    ``backbone_cls`` and ``preprocessor_cls``.
     """
 
-    backbone_cls = T2TViTBackbone
-    preprocessor_cls = T2TViTImageClassifierPreprocessor
+    default_name = "image_classifier"
 
     def __init__(self, backbone, num_classes, preprocessor=None, pooling="token", activation=None, dropout=0.0,
                  token_labeling_head=False, head_dtype=None, **kwargs):
-        check_keywords(T2TViTImageClassifier, {k: v for k, v in kwargs.items() if k not in TASK_KEYWORDS})
-        if not isinstance(backbone, T2TViTBackbone):
-            raise TypeError(f"T2TViTImageClassifier needs a keras_t2t.T2TViTBackbone; got {type(backbone).__name__}.")
+        cls = type(self)
+        check_keywords(cls, {k: v for k, v in kwargs.items() if k not in TASK_KEYWORDS})
+        if not isinstance(backbone, cls.backbone_cls):
+            raise TypeError(f"{cls.__name__} needs a keras_t2t.{cls.backbone_cls.__name__}; got "
+                            f"{type(backbone).__name__}.")
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
         if token_labeling_head not in (True, False):
             raise ValueError(f"token_labeling_head must be True or False; got {token_labeling_head!r}.")
         head_dtype = head_dtype or backbone.dtype_policy
-        kwargs.setdefault("name", "t2t_vit_image_classifier")
+        kwargs.setdefault("name", cls.default_name)
         # === layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -215,22 +207,12 @@ class T2TViTImageClassifier(ImageClassifier):
         self.dropout = float(dropout)
         self.token_labeling_head = bool(token_labeling_head)
 
-    # What the weight mapping (keras_t2t.weights.mapping) reads of a model.
-    include_top = True
-
     @property
     def classes(self):
         return self.num_classes
 
-    # The backbone's architecture, read by the mapping as it reads a classic T2TViT's.
-    t2t_type = property(lambda self: self.backbone.t2t_type)
-    t2t_stages = property(lambda self: self.backbone.t2t_stages)
-    grid_size = property(lambda self: self.backbone.grid_size)
     image_shape = property(lambda self: self.backbone.image_shape)
-    embed_dim = property(lambda self: self.backbone.embed_dim)
-    depth = property(lambda self: self.backbone.depth)
-    block_type = property(lambda self: self.backbone.block_type)
-    num_tokens = property(lambda self: self.backbone.num_tokens)
+    grid_size = property(lambda self: self.backbone.grid_size)
 
     def get_config(self):
         config = super().get_config()
@@ -243,6 +225,42 @@ class T2TViTImageClassifier(ImageClassifier):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             super().load_task_weights(filepath)
+
+
+@keras.saving.register_keras_serializable(package="keras_t2t")
+class T2TViTImageClassifier(TokenImageClassifier):
+    """T2T-ViT image classification as a KerasHub task.
+
+    The class token of the backbone's normed sequence (``pooling="token"``, the
+    authors'; ``"avg"``: the mean patch token) goes through ``head``; with
+    ``token_labeling_head``, Token Labeling's ``aux_head`` scores every patch token
+    and ``0.5 *`` their per-class maximum is added, as the authors evaluate their
+    84.2% T2T-ViT-24. Returns logits unless ``activation`` says otherwise (KerasHub's default).
+
+    Args:
+        backbone: a ``keras_t2t.T2TViTBackbone``.
+        num_classes: the class count.
+        preprocessor: a ``T2TViTImageClassifierPreprocessor``, or None to feed normalised images.
+        pooling: ``"token"`` or ``"avg"``.
+        activation: None (logits), ``"softmax"``, ...
+        dropout: dropout before the head.
+        token_labeling_head: add Token Labeling's per-token head.
+    """
+
+    backbone_cls = T2TViTBackbone
+    preprocessor_cls = T2TViTImageClassifierPreprocessor
+    default_name = "t2t_vit_image_classifier"
+
+    # What the weight mapping (keras_t2t.weights.mapping) reads of a model.
+    include_top = True
+
+    # The backbone's architecture, read by the mapping as it reads a classic T2TViT's.
+    t2t_type = property(lambda self: self.backbone.t2t_type)
+    t2t_stages = property(lambda self: self.backbone.t2t_stages)
+    embed_dim = property(lambda self: self.backbone.embed_dim)
+    depth = property(lambda self: self.backbone.depth)
+    block_type = property(lambda self: self.backbone.block_type)
+    num_tokens = property(lambda self: self.backbone.num_tokens)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, image_shape=None, **kwargs):

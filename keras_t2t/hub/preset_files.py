@@ -1,11 +1,12 @@
-"""Preset folders on disk: writing any T2T-ViT as one, reading one into a classic model, checking one.
+"""Preset folders on disk: writing any model of the package as one, reading one into a classic model, checking one.
 
-A preset folder is KerasHub's: ``config.json`` (the ``T2TViTBackbone``),
-``model.weights.h5``, ``task.json`` (the ``T2TViTImageClassifier``, its preprocessor
-inside), ``task.weights.h5``, ``preprocessor.json``, ``image_converter.json`` and
+A preset folder is KerasHub's: ``config.json`` (the ``T2TViTBackbone``, or the ViT
+baseline's ``ViTBackbone``), ``model.weights.h5``, ``task.json`` (the
+``T2TViTImageClassifier`` or ``ViTImageClassifier``, its preprocessor inside),
+``task.weights.h5``, ``preprocessor.json``, ``image_converter.json`` and
 ``metadata.json``. ``save_preset`` writes one atomically; ``read_preset`` reads its
 configs with one clear error for anything that is not such a folder; ``load_into_classic``
-and ``load_classic`` put it into a classic ``keras_t2t.T2TViT`` through Keras.
+and ``load_classic`` put it into a classic ``keras_t2t.T2TViT`` (or ``ViT``) through Keras.
 Where ``metadata.json`` records the SHA-256 of files (``files_sha256``: every
 converted release), every read checks them first.
 """
@@ -26,7 +27,9 @@ from keras_t2t.hub.classifier import (
     T2TViTImageClassifier,
     T2TViTImageClassifierPreprocessor,
     T2TViTImageConverter,
+    TokenImageClassifier,
 )
+from keras_t2t.hub.vit import ViTBackbone, ViTImageClassifier, ViTImageClassifierPreprocessor, ViTImageConverter
 from keras_t2t.io_utils import (
     atomic_temp_path,
     check_output_folder,
@@ -36,6 +39,8 @@ from keras_t2t.io_utils import (
     remove_stale_temporaries,
 )
 from keras_t2t.models.t2t_vit import T2TViT, T2TViTDense
+from keras_t2t.models.vit import ViT
+from keras_t2t.weights.keras_weights import load_keras_weights
 from keras_t2t.weights.loading import load_state_dict
 from keras_t2t.weights.mapping import model_state_dict
 from keras_t2t.weights.pretrained import sha256_of
@@ -48,7 +53,16 @@ CHECKED_FILES = ("config.json", "task.json", "model.weights.h5", "task.weights.h
 TRAINING_KEYS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "t2t_dropout")
 # The classic model's layers after the final norm: what a KerasHub task holds beside its backbone.
 CLASSIC_TOP = ("pool", "head", "aux_head", "scores", "predictions")
-BACKBONE_CLASS = "keras_t2t>T2TViTBackbone"
+# The KerasHub classes of each kind of model: (backbone, task, preprocessor, image converter).
+HUB_CLASSES = {
+    "t2t_vit": (T2TViTBackbone, T2TViTImageClassifier, T2TViTImageClassifierPreprocessor, T2TViTImageConverter),
+    "vit": (ViTBackbone, ViTImageClassifier, ViTImageClassifierPreprocessor, ViTImageConverter),
+}
+# config.json's registered class -> the kind of model.
+BACKBONE_CLASSES = {f"keras_t2t>{classes[0].__name__}": kind for kind, classes in HUB_CLASSES.items()}
+# A classic ViT's keywords that are its ViTBackbone's (with image_shape for input_shape).
+VIT_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "qk_scale",
+            "position_embedding", "drop_rate", "attn_drop_rate", "drop_path_rate")
 
 
 def stale_patterns(folder):
@@ -57,21 +71,34 @@ def stale_patterns(folder):
     return [f".{name}.partial-*", f".{name}.old-*"]
 
 
-def architecture(model):
-    """``T2TViTBackbone`` keywords of any T2T-ViT of the package (classic or KerasHub)."""
-    if isinstance(model, T2TViTImageClassifier):
+def model_kind(model):
+    """``"t2t_vit"`` or ``"vit"`` (the ViT baseline): which KerasHub classes (``HUB_CLASSES``) hold ``model``;
+    a ValueError for a model of no other package."""
+    if isinstance(model, TokenImageClassifier):
         model = model.backbone
-    if isinstance(model, T2TViTBackbone):
+    if isinstance(model, (ViT, ViTBackbone)):
+        return "vit"
+    if isinstance(model, T2TViTBackbone) or getattr(model, "t2t_type", None) is not None:
+        return "t2t_vit"
+    raise ValueError(
+        f"{type(model).__name__} is not a model of keras_t2t; presets hold its T2T-ViT and ViT models (a "
+        "keras_t2t.T2TViT, T2TViTDense or ViT, or their KerasHub classes)."
+    )
+
+
+def architecture(model):
+    """The KerasHub backbone's keywords of any model of the package (classic or KerasHub)."""
+    kind = model_kind(model)
+    if isinstance(model, TokenImageClassifier):
+        model = model.backbone
+    if isinstance(model, (T2TViTBackbone, ViTBackbone)):
         config = model.get_config()
         for key in ("name", "trainable", "dtype"):
             config.pop(key, None)
         return config
-    if getattr(model, "t2t_type", None) is None:
-        raise ValueError(
-            f"{type(model).__name__} is not a T2T-ViT of keras_t2t; presets hold T2T-ViT models (the ViT "
-            "baselines have no KerasHub class here)."
-        )
     config = model.get_config()
+    if kind == "vit":
+        return dict({key: config[key] for key in VIT_KEYS}, image_shape=list(config["input_shape"]))
     arch = {key: config[key] for key in (
         "t2t_type", "token_dim", "t2t_stages", "embed_dim", "num_heads", "mlp_ratio", "qkv_bias", "qk_scale",
         "drop_rate", "attn_drop_rate", "drop_path_rate", "t2t_dropout")}
@@ -83,9 +110,9 @@ def architecture(model):
     return arch
 
 
-def make_preprocessor(preprocessing):
-    """A ``T2TViTImageClassifierPreprocessor`` for ``(image_size, crop_pct[, mean, std[, interpolation]])``,
-    or None."""
+def make_preprocessor(preprocessing, kind="t2t_vit"):
+    """A ``T2TViTImageClassifierPreprocessor`` (``kind="vit"``: a ``ViTImageClassifierPreprocessor``) for
+    ``(image_size, crop_pct[, mean, std[, interpolation]])``, or None."""
     if preprocessing is None:
         return None
     try:
@@ -96,9 +123,9 @@ def make_preprocessor(preprocessing):
         raise ValueError(f"preprocessing must be (image_size, crop_pct[, mean, std[, interpolation]]); got "
                          f"{preprocessing!r}.") from None
     mean, std, interpolation = (*rest, *(IMAGENET_MEAN, IMAGENET_STD, "bicubic")[len(rest):])
-    converter = T2TViTImageConverter(image_size=size, crop_pct=crop_pct, mean=mean, std=std,
-                                     interpolation=interpolation)
-    return T2TViTImageClassifierPreprocessor(image_converter=converter)
+    _, _, preprocessor_class, converter_class = HUB_CLASSES[kind]
+    converter = converter_class(image_size=size, crop_pct=crop_pct, mean=mean, std=std, interpolation=interpolation)
+    return preprocessor_class(image_converter=converter)
 
 
 def _split_layers(model):
@@ -120,7 +147,7 @@ def _write_json(folder, name, data):
 def _check_savable(model):
     """The refusals ``save_preset`` makes before anything is written."""
     architecture(model)
-    if isinstance(model, (T2TViTBackbone, T2TViTImageClassifier)):
+    if isinstance(model, (T2TViTBackbone, ViTBackbone, TokenImageClassifier)):
         return
     if not model.include_top:
         raise ValueError(f"{model.name} has no head (include_top=False); a classifier preset needs one.")
@@ -129,7 +156,8 @@ def _check_savable(model):
 
 
 def _write_classic(model, folder, preprocessor):
-    """A classic ``keras_t2t.T2TViT`` written as the ``T2TViTImageClassifier`` it equals, no second model built.
+    """A classic ``keras_t2t.T2TViT`` (``ViT``) written as the ``T2TViTImageClassifier`` (``ViTImageClassifier``)
+    it equals, no second model built.
 
     The backbone's layers are the classic model's up to its final norm, in the same
     order, so Keras writes ``model.weights.h5`` from the classic model with its top
@@ -138,12 +166,13 @@ def _write_classic(model, folder, preprocessor):
     """
     backbone_layers, top = _split_layers(model)
     dtype = keras.dtype_policies.serialize(model.dtype_policy)
-    backbone = _serialized(T2TViTBackbone, dict(name=f"{model.name}_backbone", trainable=True, dtype=dtype,
+    backbone_class, task_class, _, _ = HUB_CLASSES[model_kind(model)]
+    backbone = _serialized(backbone_class, dict(name=f"{model.name}_backbone", trainable=True, dtype=dtype,
                                                 **architecture(model)))
-    task = _serialized(T2TViTImageClassifier, dict(
+    task = _serialized(task_class, dict(
         backbone=backbone, preprocessor=None if preprocessor is None else keras.saving.serialize_keras_object(
             preprocessor), name=model.name, num_classes=model.classes, pooling=model.pooling, activation=None,
-        dropout=0.0, token_labeling_head=bool(model.token_labeling_head)))
+        dropout=0.0, token_labeling_head=bool(getattr(model, "token_labeling_head", False))))
     _write_json(folder, "config.json", backbone)
     _write_json(folder, "task.json", task)
     keras.saving.save_weights(model, os.path.join(folder, "model.weights.h5"), objects_to_skip=top)
@@ -171,7 +200,7 @@ def save_preset(model, folder, preprocessing=None, metadata=None, checked=()):
     anything else, is refused before anything is written. Returns its absolute path.
     """
     _check_savable(model)
-    preprocessor = make_preprocessor(preprocessing)
+    preprocessor = make_preprocessor(preprocessing, model_kind(model))
     folder = os.path.abspath(os.fspath(folder))
     if os.path.isfile(folder):
         raise ValueError(f"save_preset: {folder!r} is a file; a preset is a folder. Give a new folder's path.")
@@ -184,9 +213,9 @@ def save_preset(model, folder, preprocessing=None, metadata=None, checked=()):
     remove_stale_temporaries(parent, stale_patterns(folder))
     staging = atomic_temp_path(parent, os.path.basename(folder), is_directory=True)
     try:
-        if isinstance(model, T2TViTBackbone):
+        if isinstance(model, (T2TViTBackbone, ViTBackbone)):
             model.save_to_preset(staging)
-        elif isinstance(model, T2TViTImageClassifier):
+        elif isinstance(model, TokenImageClassifier):
             kept = model.preprocessor
             model.preprocessor = preprocessor or kept
             try:
@@ -263,7 +292,8 @@ def recorded_problem(folder):
 
 
 def read_preset(folder):
-    """``(backbone config, task config or None)`` of a T2T-ViT preset folder, after its recorded SHA-256 checks.
+    """``(backbone config, task config or None)`` of a preset folder of this package, after its recorded SHA-256
+    checks (``preset_kind`` says which kind of model it holds).
 
     One ValueError naming the file for anything else: a missing or unreadable file, another
     model's preset, files changed since they were recorded.
@@ -274,10 +304,10 @@ def read_preset(folder):
         if problem:
             raise ValueError(f"The preset {folder!r} {problem}; not trusted.")
     config = read_json(folder, "config.json")
-    if config.get("registered_name") != BACKBONE_CLASS or not isinstance(config.get("config"), dict):
+    if config.get("registered_name") not in BACKBONE_CLASSES or not isinstance(config.get("config"), dict):
         raise ValueError(
             f"{os.path.join(folder, 'config.json')!r} is a {config.get('class_name', 'file of unknown class')!r} "
-            "preset, not a keras_t2t T2TViTBackbone: this package reads T2T-ViT presets only."
+            "preset, not a keras_t2t T2TViTBackbone or ViTBackbone: this package reads its own presets only."
         )
     task = None
     if os.path.isfile(os.path.join(folder, "task.json")):
@@ -285,6 +315,12 @@ def read_preset(folder):
         if not isinstance(task, dict) or "num_classes" not in task:
             raise ValueError(f"{os.path.join(folder, 'task.json')!r} holds no classifier head (num_classes).")
     return config["config"], task
+
+
+def preset_kind(folder):
+    """``"t2t_vit"`` or ``"vit"``: the kind of model a preset folder of this package holds."""
+    read_preset(folder)
+    return BACKBONE_CLASSES[read_json(folder, "config.json")["registered_name"]]
 
 
 def preset_head(folder):
@@ -301,7 +337,7 @@ def preset_image_shape(folder):
 
 
 def load_classic(folder, **kwargs):
-    """A classic ``keras_t2t.T2TViT`` (or ``T2TViTDense``) of a preset folder's architecture and head,
+    """A classic ``keras_t2t.T2TViT`` (``T2TViTDense``, ``ViT``) of a preset folder's architecture and head,
     its weights loaded through Keras (one model built). ``kwargs`` go to the class
     (``classifier_activation``, ``dtype``, ...)."""
     arch, task = read_preset(folder)
@@ -315,23 +351,28 @@ def load_classic(folder, **kwargs):
             "trainable", "dtype", "growth_rate", "dense_stages", "block_type", "depth")}
         config["input_shape"] = config.pop("image_shape")
         config["name"] = str(config.get("name", "t2t_vit")).removesuffix("_backbone")
-        if arch.get("block_type") == "dense":
+        if preset_kind(folder) == "vit":
+            model_class = ViT
+            config.update(depth=arch["depth"])
+        elif arch.get("block_type") == "dense":
             model_class = T2TViTDense
             config.update(dense_stages=arch["dense_stages"], growth_rate=arch["growth_rate"])
         else:
             model_class = T2TViT
             config.update(depth=arch["depth"], block_type=arch.get("block_type", "standard"))
+        if task.get("token_labeling_head"):
+            config["token_labeling_head"] = True
         config.update(kwargs)
-        model = model_class(classes=int(task["num_classes"]), pooling=task.get("pooling", "token"),
-                            token_labeling_head=bool(task.get("token_labeling_head", False)), **config)
+        model = model_class(classes=int(task["num_classes"]), pooling=task.get("pooling", "token"), **config)
     except (KeyError, TypeError) as error:
-        raise ValueError(f"{os.path.join(folder, 'config.json')!r} does not describe a T2T-ViT ({error!r}).") from None
+        raise ValueError(f"{os.path.join(folder, 'config.json')!r} does not describe a model of this package "
+                         f"({error!r}).") from None
     model.weights_report = load_into_classic(model, folder)
     return model
 
 
 def load_into_classic(model, folder):
-    """Loads a preset folder into a classic ``keras_t2t.T2TViT`` of its architecture, through Keras.
+    """Loads a preset folder into a classic ``keras_t2t.T2TViT`` (``ViT``) of its architecture, through Keras.
 
     Returns a ``WeightLoadReport``-like dict. The backbone's file loads as saved when the
     image size is the preset's; the head when the model has one of the preset's classes
@@ -342,6 +383,9 @@ def load_into_classic(model, folder):
     """
     folder = os.fspath(folder)
     saved, task = read_preset(folder)
+    if model_kind(model) != preset_kind(folder):
+        raise ValueError(f"The preset {folder} holds a {'ViT' if preset_kind(folder) == 'vit' else 'T2T-ViT'}; "
+                         f"{model.name} is a {type(model).__name__}.")
     arch = architecture(model)
     differs = [key for key, value in arch.items() if key not in TRAINING_KEYS + ("image_shape",)
                and json.loads(json.dumps(value)) != saved.get(key)]
@@ -349,20 +393,27 @@ def load_into_classic(model, folder):
         raise ValueError(f"The preset {folder} is another architecture ({', '.join(differs)} differ) than {model.name}.")
     if os.path.isfile(os.path.join(folder, METADATA_FILE)):
         _check_parameter_count(model, folder, saved["image_shape"])
-    if list(arch["image_shape"][:2]) != list(saved["image_shape"][:2]) and task is not None:
+    other_size = list(arch["image_shape"][:2]) != list(saved["image_shape"][:2])
+    if other_size and task is not None and model_kind(model) == "t2t_vit":
         source = T2TViTImageClassifier.load_preset_folder(folder)
         return load_state_dict(model, model_state_dict(source))
     backbone_layers, top = _split_layers(model)
     report = {"loaded": len(model.weights), "head_dropped": None, "aux_head_dropped": None,
               "pos_embed_resized": None, "skipped": None, "preset": folder}
     same_head = (task is not None and model.include_top and model.classes == task["num_classes"]
-                 and bool(model.token_labeling_head) == bool(task.get("token_labeling_head")))
+                 and bool(getattr(model, "token_labeling_head", False)) == bool(task.get("token_labeling_head")))
     before = [keras.ops.convert_to_numpy(v) for v in model.weights]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             name = "model.weights.h5"
-            keras.saving.load_weights(model, os.path.join(folder, name), objects_to_skip=top)
+            if other_size and model_kind(model) == "vit":
+                # Keras' file read by the package's checked loader, which resizes the position table to the
+                # model's grid (the file has no head: the report's head line is set below).
+                resized = load_keras_weights(model, os.path.join(folder, name), about=model.name)
+                report["pos_embed_resized"] = resized["pos_embed_resized"]
+            else:
+                keras.saving.load_weights(model, os.path.join(folder, name), objects_to_skip=top)
             if same_head:
                 name = "task.weights.h5"
                 keras.saving.load_weights(model, os.path.join(folder, name), objects_to_skip=backbone_layers)

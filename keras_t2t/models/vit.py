@@ -29,6 +29,43 @@ from keras_t2t.models.base import (
 
 POSITION_EMBEDDINGS = ("learned", "sinusoid")
 
+
+def validate_vit_arguments(input_shape, patch_size, embed_dim, depth, num_heads, mlp_ratio, position_embedding):
+    """The checked ``(input_shape, patch_size, embed_dim, depth, num_heads, grid)`` of a ViT; a ValueError
+    naming the value otherwise (before any layer is made)."""
+    input_shape = validate_input_shape(input_shape)
+    patch_size = positive_int("patch_size", patch_size)
+    height, width = input_shape[:2]
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"Image size {height}x{width} is not divisible by patch_size={patch_size}: ViT cuts the image "
+            f"into non-overlapping {patch_size}x{patch_size} patches. Use a size that is a multiple of "
+            f"{patch_size} (e.g. {max(1, height // patch_size) * patch_size}x"
+            f"{max(1, width // patch_size) * patch_size}) or another patch_size."
+        )
+    embed_dim, depth, num_heads = validate_backbone(embed_dim, depth, num_heads, mlp_ratio)
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}; got {position_embedding!r}.")
+    return input_shape, patch_size, embed_dim, depth, num_heads, (height // patch_size, width // patch_size)
+
+
+def vit_tokens(input_shape, patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale,
+               position_embedding, drop_rate, attn_drop_rate, drop_path_rate, dtype):
+    """``(inputs, tokens)``: a ViT up to its last block (patches, class token, position table, blocks), the
+    layers named as in ``keras_t2t.ViT`` (its backbone in KerasHub, ``ViTBackbone``, is built here too)."""
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = t2t_layers.PatchEmbedding(patch_size, embed_dim, name="patch_embed", dtype=dtype)(inputs)
+    x = t2t_layers.ClassToken(name="cls_token", dtype=dtype)(x)
+    if position_embedding == "learned":
+        x = t2t_layers.LearnedPositionEmbedding(name="pos_embed", dtype=dtype)(x)
+    else:
+        x = t2t_layers.SinusoidPositionEmbedding(name="pos_embed", dtype=dtype)(x)
+    x = keras.layers.Dropout(drop_rate, name="pos_drop", dtype=dtype)(x)
+    return inputs, transformer_blocks(
+        x, t2t_layers.TransformerBlock, depth, drop_path_rate=drop_path_rate,
+        **block_arguments(num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dtype),
+    )
+
 @keras.saving.register_keras_serializable(package="keras_t2t")
 class ViT(ClassifierModel):
     """Vision Transformer (Dosovitskiy et al., 2021) with T2T-ViT's backbone blocks.
@@ -91,36 +128,14 @@ class ViT(ClassifierModel):
                 "t2t_dropout applies to T2T-ViT's tokens-to-token module; a ViT has none (leave it unset)."
             )
         check_keywords(ViT, kwargs)
-        input_shape = validate_input_shape(input_shape)
-        patch_size = positive_int("patch_size", patch_size)
-        height, width = input_shape[:2]
-        if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"Image size {height}x{width} is not divisible by patch_size={patch_size}: ViT cuts the image "
-                f"into non-overlapping {patch_size}x{patch_size} patches. Use a size that is a multiple of "
-                f"{patch_size} (e.g. {max(1, height // patch_size) * patch_size}x"
-                f"{max(1, width // patch_size) * patch_size}) or another patch_size."
-            )
-        embed_dim, depth, num_heads = validate_backbone(embed_dim, depth, num_heads, mlp_ratio)
-        if position_embedding not in POSITION_EMBEDDINGS:
-            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}; got {position_embedding!r}.")
         rates = dict(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        input_shape, patch_size, embed_dim, depth, num_heads, grid = validate_vit_arguments(
+            input_shape, patch_size, embed_dim, depth, num_heads, mlp_ratio, position_embedding)
         classes = validate_rates_and_top(rates, pooling, include_top, classes, classifier_activation)
-        grid = (height // patch_size, width // patch_size)
 
         # === functional model ===
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = t2t_layers.PatchEmbedding(patch_size, embed_dim, name="patch_embed", dtype=dtype)(inputs)
-        x = t2t_layers.ClassToken(name="cls_token", dtype=dtype)(x)
-        if position_embedding == "learned":
-            x = t2t_layers.LearnedPositionEmbedding(name="pos_embed", dtype=dtype)(x)
-        else:
-            x = t2t_layers.SinusoidPositionEmbedding(name="pos_embed", dtype=dtype)(x)
-        x = keras.layers.Dropout(drop_rate, name="pos_drop", dtype=dtype)(x)
-        x = transformer_blocks(
-            x, t2t_layers.TransformerBlock, depth, drop_path_rate=drop_path_rate,
-            **block_arguments(num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dtype),
-        )
+        inputs, x = vit_tokens(input_shape, patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_scale,
+                               position_embedding, drop_rate, attn_drop_rate, drop_path_rate, dtype)
         # The same final norm, pooling and head as T2TViT (layer names included).
         x = classifier_top(x, include_top, classes, pooling, classifier_activation, dtype)
         super().__init__(inputs=inputs, outputs=x, name=name, dtype=dtype, **kwargs)

@@ -394,9 +394,6 @@ def main_guard(function):
 def _save_run_preset(model, output_dir, recipe, summary, verbose):
     """``output_dir/preset``: the trained model as a KerasHub preset with the run's evaluation
     preprocessing (the recipe's image size and ``eval_crop_pct``), its classes and its top-1."""
-    if getattr(model, "t2t_type", None) is None:
-        _print(verbose, f"{recipe.model} has no KerasHub class in keras_t2t; no preset folder is written.")
-        return
     metadata = {key: summary[key] for key in ("val_top1", "dataset", "class_names", "model", "epochs")}
     save_preset(model, os.path.join(output_dir, "preset"), preprocessing=(recipe.image_size, recipe.eval_crop_pct),
                 metadata=metadata)

@@ -23,7 +23,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_t2t.layers.embeddings import SinusoidPositionEmbedding
+from keras_t2t.layers.embeddings import LearnedPositionEmbedding, SinusoidPositionEmbedding
 from keras_t2t.keras_files import describe_differences, differences, tensor_group, tensor_tree, written_tree
 from keras_t2t.weights.mapping import HEADS, WeightLoadReport, resize_pos_embed, square_grid
 
@@ -42,8 +42,8 @@ def _layer(model, name):
 def _adaptable(model):
     """{role: (layer, its tensor tree)}: the heads and the position table, which may differ from the file."""
     layers = {entry: _layer(model, prefix[:-1]) for entry, prefix in HEADS.items()}
-    layers["pos_embed"] = next((layer for layer in model.layers if isinstance(layer, SinusoidPositionEmbedding)),
-                               None)
+    layers["pos_embed"] = next((layer for layer in model.layers
+                                if isinstance(layer, (SinusoidPositionEmbedding, LearnedPositionEmbedding))), None)
     return {role: (layer, written_tree(model, [layer])) for role, layer in layers.items()
             if layer is not None and layer.weights}
 

@@ -22,7 +22,8 @@ from keras_t2t.weights import pretrained  # noqa: E402
 
 T7_FILE = "71.7_T2T_ViT_7.pth.tar"
 T7_CONFIG = dict(keras_t2t.VARIANTS["t2t_vit_7"], classes=1000, image_size=(224, 224))
-MODEL_CLASSES = (keras_t2t.T2TViT, keras_t2t.T2TViTDense, keras_t2t.T2TViTBackbone, keras_t2t.T2TViTImageClassifier)
+MODEL_CLASSES = (keras_t2t.T2TViT, keras_t2t.T2TViTDense, keras_t2t.T2TViTBackbone, keras_t2t.T2TViTImageClassifier,
+                 keras_t2t.ViT, keras_t2t.ViTBackbone, keras_t2t.ViTImageClassifier)
 
 
 @pytest.fixture
@@ -141,7 +142,8 @@ def test_every_builder_hands_out_a_model_the_resolver_made(tmp_path):
 # construction under it (builders, applications, weights/, hub/) and the layers may make them.
 LOADERS = {"load_model", "read_keras_file", "load_classic", "load_into_classic", "build_model", "checkpoint_model",
            "from_preset", "load_any_weights", "load_weights", "load_keras_weights", "load_vit_weights",
-           "load_state_dict", "T2TViT", "T2TViTDense", "ViT", "T2TViTImageClassifier", "T2TViTBackbone"}
+           "load_state_dict", "T2TViT", "T2TViTDense", "ViT", "T2TViTImageClassifier", "T2TViTBackbone",
+           "ViTImageClassifier", "ViTBackbone"}
 ALLOWED = {
     ("keras_t2t/training/trainer.py", "load_weights"): "the trainer's own resume state into the model it built",
     ("keras_t2t/training/trainer.py", "build_model"): "the trainer's build_model, itself create_model's caller",
