@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import runpy
 import time
 import warnings
+
+from keras_t2t.cli.commands import run_as_main  # noqa: E402
+
+# python -m keras_t2t.evaluation: the command of keras_t2t.cli.evaluate, parsed before Keras is imported.
+run_as_main(__name__, "evaluate")
 
 import keras
 import numpy as np
@@ -270,8 +274,3 @@ def _all_imagenet_wnids(names):
     except Exception:
         return False
     return all(n in known for n in names)
-
-
-if __name__ == "__main__":  # python -m keras_t2t.evaluation
-    # The command lives in keras_t2t.cli.evaluate; run it as the main module (no import back up).
-    runpy.run_module("keras_t2t.cli.evaluate", run_name="__main__")

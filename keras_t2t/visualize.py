@@ -45,8 +45,12 @@ import collections
 import math
 import os
 import re
-import runpy
 import textwrap
+
+from keras_t2t.cli.commands import run_as_main  # noqa: E402
+
+# python -m keras_t2t.visualize: the command of keras_t2t.cli.visualize, parsed before Keras is imported.
+run_as_main(__name__, "visualize")
 
 import keras
 import numpy as np
@@ -532,8 +536,3 @@ def compare_features(entries, path, channels=16, panel_px=320, dpi=100, title=No
             print(f"  {' '.join(panel['label'].split())}")
         print(f"  wrote {os.path.abspath(path)}\n  wrote {arrays_path}")
     return {"path": os.path.abspath(path), "arrays": arrays_path, "panels": described}
-
-
-if __name__ == "__main__":  # python -m keras_t2t.visualize
-    # The command lives in keras_t2t.cli.visualize; run it as the main module (no import back up).
-    runpy.run_module("keras_t2t.cli.visualize", run_name="__main__")

@@ -69,6 +69,14 @@ def _command(parser, module, argv):
     return importlib.import_module(f"keras_t2t.cli.{module}").run(args)
 
 
+def run_as_main(module_name, command):
+    """``python -m <module>``: runs the ``command`` entry point of this module (``"convert"``, ``"evaluate"``,
+    ``"visualize"``, ``"weights"``) and exits, when ``module_name`` is ``"__main__"``. A command module calls
+    it before it imports Keras, so that ``--help`` and bad arguments answer at once."""
+    if module_name == "__main__":
+        sys.exit({"convert": convert, "evaluate": evaluate, "visualize": visualize, "weights": weights}[command]())
+
+
 # --------------------------------------------------------------------------
 # keras-t2t-convert
 # --------------------------------------------------------------------------

@@ -46,10 +46,9 @@ import os
 import sys
 import warnings
 
-if __name__ == "__main__":  # python -m keras_t2t.cli.convert: parse before Keras is imported
-    from keras_t2t.cli.commands import convert as _command
+from keras_t2t.cli.commands import run_as_main  # noqa: E402
 
-    sys.exit(_command())
+run_as_main(__name__, "convert")  # python -m keras_t2t.cli.convert: parsed before Keras is imported
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

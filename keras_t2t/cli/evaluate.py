@@ -10,10 +10,9 @@ import json
 import os
 import sys
 
-if __name__ == "__main__":  # python -m keras_t2t.cli.evaluate: parse before Keras is imported
-    from keras_t2t.cli.commands import evaluate
+from keras_t2t.cli.commands import run_as_main  # noqa: E402
 
-    sys.exit(evaluate())
+run_as_main(__name__, "evaluate")  # python -m keras_t2t.cli.evaluate: parsed before Keras is imported
 
 import keras  # noqa: E402
 

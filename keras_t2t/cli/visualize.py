@@ -11,10 +11,9 @@ import os
 import re
 import sys
 
-if __name__ == "__main__":  # python -m keras_t2t.cli.visualize: parse before Keras is imported
-    from keras_t2t.cli.commands import visualize as _command
+from keras_t2t.cli.commands import run_as_main  # noqa: E402
 
-    sys.exit(_command())
+run_as_main(__name__, "visualize")  # python -m keras_t2t.cli.visualize: parsed before Keras is imported
 
 import keras
 

@@ -25,10 +25,9 @@ are ``keras_t2t.cli.commands`` (no Keras): ``main`` parses, then ``run`` works.
 import os
 import sys
 
-if __name__ == "__main__":  # python -m keras_t2t.cli.weights: parse before Keras is imported
-    from keras_t2t.cli.commands import weights as _command
+from keras_t2t.cli.commands import run_as_main  # noqa: E402
 
-    sys.exit(_command())
+run_as_main(__name__, "weights")  # python -m keras_t2t.cli.weights: parsed before Keras is imported
 
 from keras_t2t.cli.args import UsageError  # noqa: E402
 from keras_t2t.cli.commands import one_line  # noqa: E402

@@ -48,6 +48,8 @@ COMMANDS = {
     "python -m keras_t2t.cli.evaluate": ["-m", "keras_t2t.cli.evaluate"],
     "python -m keras_t2t.cli.visualize": ["-m", "keras_t2t.cli.visualize"],
     "python -m keras_t2t.cli.weights": ["-m", "keras_t2t.cli.weights"],
+    "python -m keras_t2t.evaluation": ["-m", "keras_t2t.evaluation"],
+    "python -m keras_t2t.visualize": ["-m", "keras_t2t.visualize"],
     "python training/train.py": [os.path.join(REPO, "training", "train.py")],
     "python tflite/convert.py": [os.path.join(REPO, "tflite", "convert.py")],
 }
