@@ -58,8 +58,14 @@ from keras_t2t.cli.args import UsageError  # noqa: E402
 # The entry point (main: parses, then run()) and its parser live in commands, free of Keras.
 from keras_t2t.cli.commands import WEIGHTS_ENTRIES, one_line, convert as main, convert_parser as build_parser  # noqa: E402,E501
 from keras_t2t.hub.presets import is_preset_name, preset_release  # noqa: E402
-from keras_t2t.io_utils import atomic_temp_file_like, check_output_folder, install_atomic  # noqa: E402
-from keras_t2t.io_utils import remove_path, remove_stale_temporaries, stale_file_patterns  # noqa: E402
+from keras_t2t.io_utils import (  # noqa: E402
+    atomic_temp_file_like,
+    check_output_folder,
+    install_atomic,
+    remove_path,
+    remove_stale_temporaries,
+    stale_file_patterns,
+)
 from keras_t2t.models.presets import ALL_VARIANTS  # noqa: E402
 from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT, T2TViT  # noqa: E402
 from keras_t2t.resolve import resolve_model  # noqa: E402
