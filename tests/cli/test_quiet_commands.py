@@ -202,6 +202,8 @@ def test_train_py_prints_no_log_lines(tmp_path):
     assert lines[-3] == "next:" and lines[-2].startswith("  keras-t2t-evaluate --model ")
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="CI budget: LiteRT runs on TensorFlow whatever the Keras backend (its session checks it)")
 def test_the_first_litert_run_says_nothing_under_a_quiet_log_level(tmp_path):
     # LiteRT announces its XNNPACK delegate at a model's first run whatever TF_CPP_MIN_LOG_LEVEL says;
     # keras_t2t.export.tflite makes that run quietly (the export verifies every .tflite in its process).
