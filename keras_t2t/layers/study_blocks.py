@@ -23,7 +23,7 @@ import keras
 from keras import ops
 
 from keras_t2t.layers.attention import MultiHeadSelfAttention, split_heads
-from keras_t2t.layers.common import PACKAGE, ConfigFields, dense
+from keras_t2t.layers.common import PACKAGE, ConfigFields, dense, gelu
 from keras_t2t.layers.transformer import TransformerBlock
 
 # The reference's SELayer default: the squeeze keeps width // 16 channels.
@@ -198,8 +198,8 @@ class GhostMlp(ConfigFields, keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.output_dim,)
 
     def call(self, x, training=None):
-        hidden = ops.gelu(self.fc1(x), approximate=False)
-        ghosts = [ops.gelu(cheap(hidden), approximate=False) for cheap in (self.cheap_operation2, self.cheap_operation3)]
+        hidden = gelu(self.fc1(x))
+        ghosts = [gelu(cheap(hidden)) for cheap in (self.cheap_operation2, self.cheap_operation3)]
         x = self.hidden_drop(ops.concatenate([hidden] + ghosts, axis=-1), training=training)
         return self.output_drop(self.fc2(x), training=training)
 
@@ -282,7 +282,7 @@ class DenseTransition(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (int(input_shape[-1]) // 2,)
 
     def call(self, x):
-        return ops.gelu(self.linear(x), approximate=False)
+        return gelu(self.linear(x))
 
 
 # block_type -> the block class T2TViT stacks ("standard" is TransformerBlock).

@@ -72,16 +72,38 @@ class SoftSplit(ConfigFields, keras.layers.Layer):
         gh, gw = self.output_grid(height, width)
         return (input_shape[0], gh * gw, channels * self.kernel_size**2)
 
+    def build(self, input_shape):
+        _, height, width, channels = input_shape
+        if height is None or width is None or channels is None:
+            raise ValueError(
+                f"SoftSplit {self.name!r} needs a fixed image height, width and channels when it is built: its "
+                "unfold gathers a fixed set of pixel positions, and the T2T module's position table needs a fixed "
+                f"grid. Got input shape {tuple(input_shape)}; give the model a fixed input_shape "
+                "(e.g. input_shape=(224, 224, 3))."
+            )
+        # === state === (from the build shape, so call() does no arithmetic on the traced
+        # shape: under torch.export / TorchScript tracing the shape is symbolic)
+        self.image_shape = (int(height), int(width), int(channels))
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={1: self.image_shape[0], 2: self.image_shape[1],
+                                                               3: self.image_shape[2]})
+        k, s, p = self.kernel_size, self.strides, self.padding
+        self.pixel_indices = _unfold_indices(self.image_shape[0] + 2 * p, self.image_shape[1] + 2 * p, k, s)
+
     def call(self, images):
         k, s, p = self.kernel_size, self.strides, self.padding
-        _, height, width, channels = images.shape
+        height, width, channels = self.image_shape
         gh, gw = self.output_grid(height, width)
         if p:
             images = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])
-        if keras.backend.backend() == "jax":
-            # XLA fuses k * k strided slices and their stack into one copy loop; its
-            # CPU gather is slower. Stacking after the channel axis gives the
-            # channel-major feature order of torch's Unfold.
+        if keras.backend.backend() != "tensorflow":
+            # JAX: XLA fuses k * k strided slices and their stack into one copy loop;
+            # its CPU gather is slower. torch: the slices export to ONNX, Keras' torch
+            # ``take`` does not (torch's TorchScript exporter has no ``aten::ravel``;
+            # its dynamo exporter writes a Squeeze of the gathered axis, which ONNX
+            # Runtime refuses); on one CPU thread the slices cost the T2T module of
+            # T2T-ViT-14 (224, batch 8 and 32) 1-2% more time forward and 5-7% forward
+            # and backward. Stacking after the channel axis gives the channel-major
+            # feature order of torch's Unfold.
             windows = [
                 images[:, i : i + s * (gh - 1) + 1 : s, j : j + s * (gw - 1) + 1 : s, :]
                 for i in range(k)
@@ -89,12 +111,12 @@ class SoftSplit(ConfigFields, keras.layers.Layer):
             ]
             patches = ops.stack(windows, axis=-1)
             return ops.reshape(patches, (-1, gh * gw, channels * k * k))
-        # TensorFlow (graph/eager) and torch: one gather of all window pixels (a pure
-        # copy, exact) runs 2-4x faster than k * k slices and a stack there:
+        # TensorFlow (graph/eager): one gather of all window pixels (a pure copy,
+        # exact) runs 2-4x faster than k * k slices and a stack there:
         # (B, Hp * Wp, C) -> (B, gh * gw * k * k, C), then the window axis moves
-        # after the channels for the channel-major order.
+        # after the channels for the channel-major order. The indices were made in build().
         flat = ops.reshape(images, (-1, (height + 2 * p) * (width + 2 * p), channels))
-        patches = ops.take(flat, _unfold_indices(height + 2 * p, width + 2 * p, k, s), axis=1)
+        patches = ops.take(flat, self.pixel_indices, axis=1)
         patches = ops.reshape(patches, (-1, gh * gw, k * k, channels))
         patches = ops.transpose(patches, (0, 1, 3, 2))
         return ops.reshape(patches, (-1, gh * gw, channels * k * k))
@@ -395,8 +417,9 @@ class TokensToToken(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={1: height, 2: width, 3: channels})
         grids = self.stage_grids(height, width)
         features = channels
+        image_grids = [(height, width)] + grids[:-1]  # what each soft split cuts
         for i, split in enumerate(self.soft_splits):
-            split.build((batch, None, None, features))
+            split.build((batch, *image_grids[i], features))
             features = features * split.kernel_size**2
             if i < len(self.attentions):
                 self.attentions[i].build((batch, grids[i][0] * grids[i][1], features))

@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from keras_t2t.layers.attention import MultiHeadSelfAttention
-from keras_t2t.layers.common import PACKAGE, ConfigFields, dense, layer_norm
+from keras_t2t.layers.common import PACKAGE, ConfigFields, dense, gelu, layer_norm
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -37,7 +37,7 @@ class Mlp(ConfigFields, keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.output_dim,)
 
     def call(self, x, training=None):
-        x = ops.gelu(self.fc1(x), approximate=False)
+        x = gelu(self.fc1(x))
         x = self.hidden_drop(x, training=training)
         return self.output_drop(self.fc2(x), training=training)
 
