@@ -9,15 +9,14 @@ import json
 import os
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 
 import keras_t2t
 import reference
 import reference_vit
-from helpers import REPO, SMALL_VIT, assign_vit_state_dict, random_images, run_on_backend
-from keras_t2t.resolve import load_weights_into, registry_name, resolve_model
+from helpers import SMALL_VIT, assign_vit_state_dict, random_images, run_on_backend
+from keras_t2t.resolve import load_weights_into, resolve_model
 
 # The reference's small ViT with a learned position table, as a classic keras_t2t.ViT.
 ARCH = dict(input_shape=(8, 8, 3), patch_size=2, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, qkv_bias=True,
@@ -124,30 +123,3 @@ def test_the_vit_tasks_refuse_what_they_cannot_hold(saved):
     with pytest.raises(ValueError, match="not divisible by patch_size=3"):
         keras_t2t.ViTBackbone(image_shape=(8, 8, 3), patch_size=3)
 
-
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="time budget: one backend runs the training command (the trainer is the same on all "
-                    "three; test_train_cli covers the backends)")
-def test_a_vit_training_run_writes_a_preset_with_its_evaluation_preprocessing(tmp_path, capsys):
-    import importlib.util
-
-    from keras_t2t.data.digits import write_digits_folder
-
-    spec = importlib.util.spec_from_file_location("train_cli", os.path.join(REPO, "training", "train.py"))
-    train_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_cli)
-    digits = write_digits_folder(str(tmp_path / "digits"))
-    out = tmp_path / "run"
-    assert train_cli.main(["--output-dir", str(out), "--data-dir", digits, "--model", "vit_mini", "--train-limit",
-                           "32", "--val-limit", "32", "--batch-size", "32", "--lr-base-batch", "32", "--epochs", "1",
-                           "--cooldown-epochs", "0", "--warmup-epochs", "0", "--quiet"]) == 0
-    task = keras_hub.models.ImageClassifier.from_preset(str(out / "preset"))
-    assert isinstance(task, keras_t2t.ViTImageClassifier)
-    recipe = json.loads((out / "recipe.json").read_text())
-    assert task.preprocessor.image_converter.crop_pct == recipe["eval_crop_pct"]
-    assert registry_name(str(out / "preset")) == "vit_mini"
-    images = random_images(11, 2, 32, 32)
-    classic = keras.saving.load_model(str(out / "model.keras"))
-    assert classic.classifier_activation is None  # the trainer saves logits, as the task gives them
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(task(images)), classic.predict(images, verbose=0),
-                               rtol=1e-5, atol=1e-5)

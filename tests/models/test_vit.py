@@ -5,6 +5,7 @@ import json
 import os
 
 import keras
+import keras_hub
 import numpy as np
 from helpers import SMALL_VIT as SMALL, assign_vit_state_dict as assign_state_dict
 import pytest
@@ -13,7 +14,9 @@ import reference
 import reference_vit
 from helpers import REPO
 
+import keras_t2t
 from keras_t2t import T2TViT
+from keras_t2t.resolve import registry_name
 from keras_t2t.training.recipe import MINI_MODEL
 from keras_t2t import VIT_CONFIGS, ViT, create_vit, vit_mini
 from keras_t2t.weights import load_vit_weights
@@ -201,7 +204,18 @@ def test_the_training_command_trains_vit_mini(tmp_path, capsys):
     assert "model vit_mini: 577,546 weights" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "vit_mini" and summary["optimizer_steps"] == 1
-    assert isinstance(keras.saving.load_model(str(out / "model.keras")), ViT)
+    classic = keras.saving.load_model(str(out / "model.keras"))
+    assert isinstance(classic, ViT)
+    # The run's preset (issue 21): KerasHub's own loader builds the ViT task, with the run's evaluation crop.
+    task = keras_hub.models.ImageClassifier.from_preset(str(out / "preset"))
+    assert isinstance(task, keras_t2t.ViTImageClassifier)
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert task.preprocessor.image_converter.crop_pct == recipe["eval_crop_pct"]
+    assert registry_name(str(out / "preset")) == "vit_mini"
+    images = np.random.default_rng(11).standard_normal((2, 32, 32, 3)).astype("float32")
+    assert classic.classifier_activation is None  # the trainer saves logits, as the task gives them
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(task(images)), classic.predict(images, verbose=0),
+                               rtol=1e-5, atol=1e-5)
     # --t2t-dropout has no meaning for a ViT: a clear error, not a silent ignore.
     assert train_cli.main(args[:1] + [str(tmp_path / "other")] + args[2:] + ["--t2t-dropout", "0.1"]) == 2
     assert "t2t_dropout applies to T2T-ViT" in capsys.readouterr().err
