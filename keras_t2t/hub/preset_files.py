@@ -293,11 +293,17 @@ def recorded_problem(folder):
 
 def read_preset(folder):
     """``(backbone config, task config or None)`` of a preset folder of this package, after its recorded SHA-256
-    checks (``preset_kind`` says which kind of model it holds).
+    checks (``_read_preset`` also gives the kind of model it holds).
 
     One ValueError naming the file for anything else: a missing or unreadable file, another
     model's preset, files changed since they were recorded.
     """
+    return _read_preset(folder)[1:]
+
+
+def _read_preset(folder):
+    """``(kind, backbone config, task config or None)``: ``read_preset`` with the kind of model (``"t2t_vit"`` or
+    ``"vit"``, a key of ``HUB_CLASSES``)."""
     folder = os.fspath(folder)
     if os.path.isfile(os.path.join(folder, METADATA_FILE)):
         problem = recorded_problem(folder)
@@ -314,13 +320,7 @@ def read_preset(folder):
         task = read_json(folder, "task.json").get("config")
         if not isinstance(task, dict) or "num_classes" not in task:
             raise ValueError(f"{os.path.join(folder, 'task.json')!r} holds no classifier head (num_classes).")
-    return config["config"], task
-
-
-def preset_kind(folder):
-    """``"t2t_vit"`` or ``"vit"``: the kind of model a preset folder of this package holds."""
-    read_preset(folder)
-    return BACKBONE_CLASSES[read_json(folder, "config.json")["registered_name"]]
+    return BACKBONE_CLASSES[config["registered_name"]], config["config"], task
 
 
 def preset_head(folder):
@@ -340,7 +340,7 @@ def load_classic(folder, **kwargs):
     """A classic ``keras_t2t.T2TViT`` (``T2TViTDense``, ``ViT``) of a preset folder's architecture and head,
     its weights loaded through Keras (one model built). ``kwargs`` go to the class
     (``classifier_activation``, ``dtype``, ...)."""
-    arch, task = read_preset(folder)
+    kind, arch, task = _read_preset(folder)
     if task is None:
         raise ValueError(
             f"The preset {folder!r} holds a backbone only (no task.json): no classifier to build from it. Build "
@@ -351,7 +351,7 @@ def load_classic(folder, **kwargs):
             "trainable", "dtype", "growth_rate", "dense_stages", "block_type", "depth")}
         config["input_shape"] = config.pop("image_shape")
         config["name"] = str(config.get("name", "t2t_vit")).removesuffix("_backbone")
-        if preset_kind(folder) == "vit":
+        if kind == "vit":
             model_class = ViT
             config.update(depth=arch["depth"])
         elif arch.get("block_type") == "dense":
@@ -382,9 +382,9 @@ def load_into_classic(model, folder):
     file that cannot be read leaves the model as it was.
     """
     folder = os.fspath(folder)
-    saved, task = read_preset(folder)
-    if model_kind(model) != preset_kind(folder):
-        raise ValueError(f"The preset {folder} holds a {'ViT' if preset_kind(folder) == 'vit' else 'T2T-ViT'}; "
+    kind, saved, task = _read_preset(folder)
+    if model_kind(model) != kind:
+        raise ValueError(f"The preset {folder} holds a {'ViT' if kind == 'vit' else 'T2T-ViT'}; "
                          f"{model.name} is a {type(model).__name__}.")
     arch = architecture(model)
     differs = [key for key, value in arch.items() if key not in TRAINING_KEYS + ("image_shape",)
@@ -394,7 +394,7 @@ def load_into_classic(model, folder):
     if os.path.isfile(os.path.join(folder, METADATA_FILE)):
         _check_parameter_count(model, folder, saved["image_shape"])
     other_size = list(arch["image_shape"][:2]) != list(saved["image_shape"][:2])
-    if other_size and task is not None and model_kind(model) == "t2t_vit":
+    if other_size and task is not None and kind == "t2t_vit":
         source = T2TViTImageClassifier.load_preset_folder(folder)
         return load_state_dict(model, model_state_dict(source))
     backbone_layers, top = _split_layers(model)
@@ -407,7 +407,7 @@ def load_into_classic(model, folder):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             name = "model.weights.h5"
-            if other_size and model_kind(model) == "vit":
+            if other_size and kind == "vit":
                 # Keras' file read by the package's checked loader, which resizes the position table to the
                 # model's grid (the file has no head: the report's head line is set below).
                 resized = load_keras_weights(model, os.path.join(folder, name), about=model.name)
