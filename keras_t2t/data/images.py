@@ -124,6 +124,10 @@ def eval_transform(image, image_size=224, crop_pct=DEFAULT_CROP_PCT, mean=IMAGEN
     return x.astype(np.float32, copy=False)
 
 
+# What PIL raises for a file it cannot read or decode, or one too large to decode (a decompression bomb).
+UNREADABLE_IMAGE = (OSError, Image.DecompressionBombError, SyntaxError, ValueError)
+
+
 def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Open an image file and apply :func:`eval_transform`.
 
@@ -135,7 +139,7 @@ def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT, mean=IMAGENET_ME
             with Image.open(f) as img:
                 img.load()
                 return eval_transform(img, image_size=image_size, crop_pct=crop_pct, mean=mean, std=std)
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+    except UNREADABLE_IMAGE as e:
         raise ValueError(f"Cannot read image file {path!s}: {e}") from e
 
 
@@ -260,6 +264,6 @@ def load_image_resized(path, height, width, channels=3):
     try:
         with Image.open(path) as handle:
             picture = handle.convert("RGB").resize((width, height), Image.BICUBIC)
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
+    except UNREADABLE_IMAGE as error:
         raise ValueError(f"{os.fspath(path)!r} is not an image PIL can read ({error}).") from error
     return preprocess_input(np.asarray(picture, dtype="float32"))
