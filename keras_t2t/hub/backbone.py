@@ -21,7 +21,13 @@ from keras_hub.models import FeaturePyramidBackbone
 
 from keras_t2t import layers as t2t_layers
 from keras_t2t.layers import STUDY_BLOCKS
-from keras_t2t.models.base import block_arguments, check_keywords, positive_int, transformer_blocks
+from keras_t2t.models.base import (
+    block_arguments,
+    check_keywords,
+    positive_int,
+    ready_for_export,
+    transformer_blocks,
+)
 from keras_t2t.models.t2t_vit import (
     BLOCK_TYPES,
     T2TViT,
@@ -121,6 +127,7 @@ class T2TViTBackbone(FeaturePyramidBackbone):
                 (height, width_px), name=f"pyramid_{pyramid_key(stride).lower()}", dtype=dtype
             )(maps[i])
         super().__init__(inputs=inputs, outputs=tokens, dtype=dtype, **kwargs)
+        ready_for_export(self)
 
         # === config ===
         config = dict(

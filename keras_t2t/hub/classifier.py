@@ -26,7 +26,7 @@ from keras_t2t.data.images import (
     resize_size,
 )
 from keras_t2t.hub.backbone import T2TViTBackbone
-from keras_t2t.models.base import check_keywords
+from keras_t2t.models.base import check_keywords, ready_for_export
 from keras_t2t.models.t2t_vit import TOKEN_LABELING_AUX_WEIGHT
 
 
@@ -200,6 +200,7 @@ class TokenImageClassifier(ImageClassifier):
         outputs = keras.layers.Activation(activation, name="predictions", dtype="float32")(x)
         # Task's constructor, not ImageClassifier's: that one builds a 2D pooler and its own head.
         super(ImageClassifier, self).__init__(inputs=inputs, outputs=outputs, **kwargs)
+        ready_for_export(self)
         # === config ===
         self.num_classes = int(num_classes)
         self.pooling = pooling

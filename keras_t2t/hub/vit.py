@@ -23,7 +23,7 @@ from keras_hub.models import FeaturePyramidBackbone, ImageClassifierPreprocessor
 from keras_t2t import layers as t2t_layers
 from keras_t2t.hub.backbone import pyramid_key
 from keras_t2t.hub.classifier import T2TViTImageConverter, TokenImageClassifier
-from keras_t2t.models.base import check_keywords
+from keras_t2t.models.base import check_keywords, ready_for_export
 from keras_t2t.models.vit import validate_vit_arguments, vit_tokens
 
 
@@ -56,6 +56,7 @@ class ViTBackbone(FeaturePyramidBackbone):
         key = pyramid_key(patch_size)
         pyramid = {key: t2t_layers.Restructurize(grid, name=f"pyramid_{key.lower()}", dtype=dtype)(tokens[:, 1:])}
         super().__init__(inputs=inputs, outputs=tokens, dtype=dtype, **kwargs)
+        ready_for_export(self)
         # === config ===
         self._architecture = dict(
             image_shape=list(image_shape), patch_size=patch_size, embed_dim=embed_dim, depth=depth,

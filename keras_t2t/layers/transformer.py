@@ -142,7 +142,19 @@ class TransformerBlock(ConfigFields, keras.layers.Layer):
         return input_shape
 
     def call(self, x, training=None):
-        x = x + self.drop_path_layer(self.attn(self.norm1(x), training=training), training=training)
-        return x + self.drop_path_layer(self.mlp(self.norm2(x), training=training), training=training)
+        x = x + self.stochastic_depth(self.attn(self.norm1(x), training=training), training)
+        return x + self.stochastic_depth(self.mlp(self.norm2(x), training=training), training)
+
+    def stochastic_depth(self, branch, training):
+        """``branch`` through the ``DropPath`` layer in training with a rate; otherwise as it is.
+
+        Outside training ``DropPath`` returns its input, and is not called at all: a first call of
+        it in a never-called model made torch's tracer name the returned tensor differently from
+        the second, so ``torch.jit.trace``'s check (Keras' OpenVINO export on torch) refused a
+        freshly built model.
+        """
+        if training and self.drop_path:
+            return self.drop_path_layer(branch, training=training)
+        return branch
 
     CONFIG_FIELDS = ("num_heads", "mlp_ratio", "qkv_bias", "qk_scale", "dropout", "attn_dropout", "drop_path")

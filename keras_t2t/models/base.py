@@ -228,6 +228,18 @@ class FeatureModel(EmptyBatchPredict, keras.Model):
     """What ``feature_extractor`` returns: a functional model of the features, sharing the weights."""
 
 
+def ready_for_export(model):
+    """Lets Keras' own ``model.export`` take a functional ``model`` that was never called.
+
+    A functional model's input signature is its ``Input``, but Keras' ONNX export on
+    TensorFlow (``keras/src/export/onnx.py``, Keras 3.15) refuses a model whose call flag is
+    unset ("The model provided has never called"), and only a call sets it. Every model of
+    the package (classic and KerasHub) calls this after its functional constructor, so a
+    freshly built or freshly loaded model exports as it is.
+    """
+    model._called = True
+
+
 class ClassifierModel(EmptyBatchPredict, keras.Model):
     """The config mechanics and feature access that T2TViT and ViT share.
 
@@ -256,6 +268,7 @@ class ClassifierModel(EmptyBatchPredict, keras.Model):
         if not (self.classifier_activation is None or isinstance(self.classifier_activation, str)):
             self.classifier_activation = keras.activations.serialize(self.classifier_activation)
         self.grid_size = grid
+        ready_for_export(self)
 
     def call(self, inputs, training=None, mask=None):
         # An empty batch gives an empty batch of outputs on every backend (TensorFlow's

@@ -135,6 +135,17 @@ def test_drop_path_drops_whole_samples_and_rescales(rng):
     np.testing.assert_array_equal(_np(layer(x, training=False)), x)
 
 
+def test_a_block_drops_its_residual_branches_in_training_only(rng):
+    # Stochastic depth in the block: in training with rate 0.9 both branches of most samples are
+    # dropped (the sample comes out as it went in) and some are kept; at inference none is dropped.
+    block = layers.TransformerBlock(2, drop_path=0.9)
+    x = rng.standard_normal((64, 3, 8)).astype("float32")
+    unchanged = lambda out: np.all(_np(out) == x, axis=(1, 2))  # noqa: E731
+    trained = unchanged(block(x, training=True))
+    assert 0 < trained.sum() < 64, trained.sum()
+    assert not unchanged(block(x, training=False)).any()
+
+
 def test_layers_round_trip_their_config():
     for layer in [
         layers.SoftSplit(3, 2, 1),
