@@ -219,15 +219,65 @@ def compute_dtype(model):
     return max(counts, key=counts.get) if counts else model.dtype_policy.compute_dtype
 
 
-def prepare_for_inference(model):
-    """Sets up ``model`` for the fastest inference in its dtype; returns it.
+# The inference path of each backend on a CPU: whether ``predict`` compiles (``jit_compile``),
+# and why. Chosen from ``python benchmarks/breakdown.py --profile`` (T2T-ViT-14, float32, batch 1
+# and 32, every path interleaved; benchmarks/measured/2026-12-07-profile-t2t_vit_14.md), which also
+# timed ``keras.ops.dot_product_attention`` against ``layers.attend``: on no backend was it faster
+# (TensorFlow and JAX lower it to the same einsums and softmax, torch already runs its fused kernel
+# through it), so the attention stays as it is.
+INFERENCE_PATHS = {
+    "tensorflow": (False, "TensorFlow's own kernels (oneDNN) ran T2T-ViT-14 in float32 at 0.80x "
+                          "the time of XLA at batch 32 (4351 vs 5439 ms, loaded machine) and no slower at "
+                          "batch 1 (91 vs 117 ms); its T2T module at 0.73x (632 vs 862 ms); bfloat16 reaches "
+                          "oneDNN's bfloat16 matmul only without XLA"),
+    "jax": (True, "JAX runs a model op by op without jit; XLA is its compiler"),
+    "torch": (False, "torch.compile hits dynamo's recompile limit on Keras' functional model (8 recompiles "
+                      "in Functional.call) and falls back to eager after minutes of compiling; eager runs "
+                      "torch's fused attention kernel"),
+}
 
-    On TensorFlow a bfloat16 model predicts without XLA (``jit_compile=False``):
-    only TensorFlow's own kernels reach oneDNN's bfloat16 matmul. Float32
-    models keep Keras' default.
+
+def recommended_inference(backend=None, batch_size=None, dtype="float32", explain=False):
+    """How to run inference on ``backend`` on a CPU: ``{"jit_compile": bool}``.
+
+    ``batch_size`` (1, 32, ... or None) and ``dtype`` (the model's compute
+    dtype) are the case asked about; ``explain=True`` returns ``(choice, reason)``.
+    The choice is the fastest path measured for T2T-ViT-14 at batch 1 and
+    batch 32 (``INFERENCE_PATHS``); both batches chose the same on every
+    backend, so the batch only enters the reason. On a GPU Keras' own default
+    (``"auto"``) is kept.
     """
-    if keras.backend.backend() == "tensorflow" and compute_dtype(model) == "bfloat16":
-        model.jit_compile = False
+    backend = backend or keras.backend.backend()
+    if backend not in INFERENCE_PATHS:
+        raise ValueError(f"Unknown backend {backend!r}; accepted: 'tensorflow', 'jax', 'torch'.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive number of images or None; got {batch_size!r}.")
+    jit_compile, reason = INFERENCE_PATHS[backend]
+    if backend == "tensorflow" and keras.backend.standardize_dtype(dtype) == "bfloat16":
+        reason = "a bfloat16 model on TensorFlow reaches oneDNN's bfloat16 matmul only without XLA"
+    batch = "any batch" if batch_size is None else f"batch {int(batch_size)}"
+    choice = {"jit_compile": jit_compile}
+    if backend == "torch":
+        path = "torch.compile" if jit_compile else "eager"
+    else:
+        path = "XLA" if jit_compile else "no XLA"
+    return (choice, f"{backend}, {dtype}, {batch}: {path} ({reason})") if explain else choice
+
+
+def prepare_for_inference(model, batch_size=None):
+    """Sets up ``model`` for the fastest inference in its dtype (``recommended_inference``); returns it.
+
+    The reason is kept as ``model.inference_reason``. A GPU keeps Keras' default.
+    """
+    backend = keras.backend.backend()
+    if _gpu_bfloat16(backend)[1] is not None:
+        return model
+    choice, reason = recommended_inference(backend, batch_size, compute_dtype(model), explain=True)
+    if model.jit_compile != choice["jit_compile"]:
+        model.jit_compile = choice["jit_compile"]
+        # Keras caches the predict function it made under the previous setting.
+        model.predict_function = None
+    model.inference_reason = reason
     return model
 
 
