@@ -15,6 +15,9 @@ format                      file in ``output_dir``               passes when (vs
 ``tflite_int8``             ``model_int8.tflite``                top-1 agreement >= 95%
 ``tflite_<q>_pixels``       ``model_<q>_pixels.tflite``          as ``tflite_<q>``
 ``onnx``                    ``model.onnx``                       max |logit diff| <= 1e-4
+``onnx_dynamic_int8``       ``model_dynamic_int8.onnx``          top-1 agreement >= 95%
+``openvino``                ``openvino/`` (``model.xml``, .bin)  max |logit diff| <= 1e-4
+``openvino_int8``           ``openvino_int8/``                   top-1 agreement >= 95%
 ==========================  ===================================  ===========================
 
 Every artifact outputs ``logits`` and ``probabilities`` (the model's own
@@ -26,7 +29,10 @@ for the ``_pixels`` models (each of the four quantizations) uint8 RGB pixels,
 normalised inside; each carries TFLite metadata (image size, normalisation,
 the labels; ``export.metadata``), which MediaPipe's ``ImageClassifier`` reads.
 ``tflite_int8`` computes its fully connected layers in int8 and the rest in
-float32 (``export.quantize``). The SavedModel and ONNX take any batch.
+float32 (``export.quantize``). The SavedModel, the ONNX files and ``openvino``
+take any batch; ``openvino_int8`` (NNCF, calibrated like ``tflite_int8``) one
+image. ``model.onnx`` is rewritten into ops the runtimes fuse (one
+``LayerNormalization`` per layer, ``Gelu``; ``export.onnx``).
 
 The preprocessing travels with the model: the sample and calibration images
 are resized, cropped and normalised as the model was evaluated (its preset's,
@@ -35,7 +41,7 @@ crop), the uint8 inputs normalise with its mean and std, and ``report.json``'s
 ``preprocessing`` records what was used and where it came from.
 
 After writing, each artifact runs in its own runtime (LiteRT's interpreter
-from ``ai-edge-litert``, ``tf.saved_model.load``, onnxruntime) on sample
+from ``ai-edge-litert``, ``tf.saved_model.load``, onnxruntime, OpenVINO) on sample
 images and is compared with the Keras model: maximum absolute logit
 difference, top-1 agreement, latency at batch 1. The table is printed and
 saved as ``report.json`` beside the artifacts, with ``labels.txt`` (one class
@@ -54,7 +60,7 @@ TensorFlow child process (``keras_t2t.export.child``), which returns the
 report as JSON; ``.keras`` files load on any backend.
 
 The rooms: ``formats`` (one record per format: file, writer, runner,
-tolerance), ``saved_model`` / ``tflite`` / ``onnx`` (the writers and
+tolerance), ``saved_model`` / ``tflite`` / ``onnx`` / ``openvino`` (the writers and
 runtimes), ``serving`` (the interface every artifact shares), ``loading``
 (the model to export), ``samples`` (verification and calibration images),
 ``verify`` and ``report`` (comparison, ``report.json``, the table),

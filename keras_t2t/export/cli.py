@@ -27,7 +27,8 @@ FORMATS = (
     "saved_model",
     "tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8",
     "tflite_float32_pixels", "tflite_float16_pixels", "tflite_dynamic_int8_pixels", "tflite_int8_pixels",
-    "onnx",
+    "onnx", "onnx_dynamic_int8",
+    "openvino", "openvino_int8",
 )
 DEFAULT_INT8_AGREEMENT = 0.95
 DEFAULT_NUM_SAMPLES = 16
@@ -67,7 +68,8 @@ def build_parser(prog="keras-t2t-export"):
         prog=prog,
         description=(
             "Export a T2T-ViT classifier to SavedModel, TFLite (float32, float16, dynamic-range int8, "
-            "full-integer int8) and ONNX, then run every artifact in its own runtime and compare it with the "
+            "full-integer int8), ONNX and OpenVINO (float32, int8), then run every artifact in its own runtime and "
+            "compare it with the "
             "Keras model. Writes the artifacts, labels.txt and report.json into --output-dir, replacing an earlier "
             "export there as a whole. Without calibration images every format that needs none is made. Exit code "
             "0: all verified; 1: an artifact outside its tolerance (it is not kept, and an earlier export in "
@@ -92,8 +94,11 @@ def build_parser(prog="keras-t2t-export"):
         help=f"comma-separated, from: {', '.join(FORMATS)}; or 'all' (default: every format; without "
         "--representative-dir/--representative-tfds, every one that needs no calibration)",
     )
-    parser.add_argument("--representative-dir", help="image folder (searched recursively) to calibrate tflite_int8")
-    parser.add_argument("--representative-tfds", help="or a TFDS dataset NAME[:SPLIT] to calibrate tflite_int8")
+    parser.add_argument(
+        "--representative-dir",
+        help="image folder (searched recursively) to calibrate the int8 models (tflite_int8, openvino_int8)",
+    )
+    parser.add_argument("--representative-tfds", help="or a TFDS dataset NAME[:SPLIT] to calibrate the int8 models")
     parser.add_argument("--tfds-data-dir", help="TFDS data_dir for --representative-tfds")
     parser.add_argument("--tfds-download", action="store_true", help="let TFDS download the dataset if missing")
     parser.add_argument(

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from keras_t2t.data.images import IMAGENET_MEAN, IMAGENET_STD
 from keras_t2t.export.errors import ExportError
-from keras_t2t.export.onnx import onnx_runner, write_onnx
+from keras_t2t.export.onnx import onnx_runner, write_onnx, write_onnx_dynamic_int8
+from keras_t2t.export.openvino import inspect_openvino, openvino_runner, write_openvino, write_openvino_int8
 from keras_t2t.export.saved_model import (
     saved_model_runner,
     saved_model_uint8_runner,
@@ -155,6 +156,31 @@ FORMAT_SPECS = (
     # The same four taking uint8 pixels and normalising inside: what MediaPipe and phone apps feed.
     *_tflite_formats(pixels=True),
     ExportFormat(name="onnx", file="model.onnx", write=write_onnx, runner=onnx_runner, tolerance=FLOAT_EXACT),
+    # model.onnx with its weighted MatMuls in int8 (ONNX Runtime's dynamic quantization: no calibration).
+    ExportFormat(name="onnx_dynamic_int8", file="model_dynamic_int8.onnx", write=write_onnx_dynamic_int8,
+                 runner=onnx_runner, tolerance=INT8_TOP1),
+    # OpenVINO IR folders (model.xml + model.bin), converted from the SavedModel; run in float32 on the CPU.
+    ExportFormat(
+        name="openvino",
+        file="openvino",
+        write=write_openvino,
+        runner=openvino_runner,
+        tolerance=FLOAT_EXACT,
+        is_directory=True,
+        reads_saved_model=True,
+        inspect=functools.partial(inspect_openvino, quantized=False),
+    ),
+    ExportFormat(
+        name="openvino_int8",
+        file="openvino_int8",
+        write=write_openvino_int8,
+        runner=openvino_runner,
+        tolerance=INT8_TOP1,
+        is_directory=True,
+        reads_saved_model=True,
+        needs_calibration=True,
+        inspect=functools.partial(inspect_openvino, quantized=True),
+    ),
 )
 #: The format names, in report order.
 FORMATS = tuple(spec.name for spec in FORMAT_SPECS)

@@ -129,7 +129,8 @@ def export_model(
             ``"all"`` without calibration images is every format that needs none
             (``report["skipped"]`` names the others and what enables them).
         representative_dir / representative_tfds: the calibration images of
-            ``tflite_int8``: a folder (searched recursively) or a TFDS dataset
+            the int8 formats that need them (``tflite_int8``, its ``_pixels``
+            twin, ``openvino_int8``): a folder (searched recursively) or a TFDS dataset
             ``"NAME[:SPLIT]"`` (read from ``tfds_data_dir``; downloaded only with
             ``tfds_download``). ``num_calibration`` images, evenly spaced.
         sample_dir, num_samples: the images every artifact is compared on

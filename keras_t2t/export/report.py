@@ -125,7 +125,7 @@ def machine_info():
 def versions_info():
     """The versions of the converters and runtimes installed (those that are)."""
     out = {}
-    for package in ("keras", "tensorflow", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx", "numpy"):
+    for package in ("keras", "tensorflow", "ai-edge-litert", "onnxruntime", "tf2onnx", "onnx", "openvino", "nncf", "numpy"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
     return out

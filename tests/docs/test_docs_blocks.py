@@ -50,7 +50,8 @@ MARKER = "# docs-test:"
 NOT_RUN = re.compile(r"# docs-test: not run \((?P<reason>.*)\)\s*$")
 # The blocks every backend runs (seconds each): (page, section heading).
 EVERY_BACKEND_SECTIONS = (("README.md", "## Quick start"),
-                          ("docs/pretrained.md", "## KerasHub presets, the backbone and segmentation"))
+                          ("docs/pretrained.md", "## KerasHub presets, the backbone and segmentation"),
+                          ("docs/export.md", "## Keras' own `model.export`"))
 LINKED_FOLDERS = ("training", "tflite", "experiments", "benchmarks")
 # The data the blocks are given, standing for a user's own folders (the trainer keeps its cache of
 # checked images in a data folder).

@@ -116,6 +116,9 @@ def test_t2t_vit_7_at_224_exports_to_every_format_and_each_artifact_passes_verif
         "tflite_dynamic_int8_pixels",
         "tflite_int8_pixels",
         "onnx",
+        "onnx_dynamic_int8",
+        "openvino",
+        "openvino_int8",
     ]
     for row in report["artifacts"]:
         assert row["passed"] and row["error"] is None, row

@@ -14,19 +14,23 @@ from keras_t2t.io_utils import atomic_temp_path, install_atomic, write_text_atom
 
 def test_the_format_table_is_derived_from_one_record_per_format():
     tflite = ["tflite_float32", "tflite_float16", "tflite_dynamic_int8", "tflite_int8"]
-    assert FORMATS == ("saved_model", *tflite, *(f"{name}_pixels" for name in tflite), "onnx")
+    assert FORMATS[:FORMATS.index("onnx") + 2] == (
+        "saved_model", *tflite, *(f"{name}_pixels" for name in tflite), "onnx", "onnx_dynamic_int8")
     assert ARTIFACT_FILES == {spec.name: spec.file for spec in formats.FORMAT_SPECS}
     assert ARTIFACT_FILES["tflite_int8_pixels"] == "model_int8_pixels.tflite"
+    assert FORMATS[-2:] == ("openvino", "openvino_int8")
     assert [spec.name for spec in formats.FORMAT_SPECS if spec.needs_calibration] == [
-        "tflite_int8", "tflite_int8_pixels"]
-    assert [spec.name for spec in formats.FORMAT_SPECS if spec.is_directory] == ["saved_model"]
+        "tflite_int8", "tflite_int8_pixels", "openvino_int8"]
+    assert [spec.name for spec in formats.FORMAT_SPECS if spec.is_directory] == [
+        "saved_model", "openvino", "openvino_int8"]
 
 
 def test_report_json_describes_each_tolerance_once_naming_its_formats():
     assert formats.tolerance_descriptions(0.95) == {
-        "float (saved_model, tflite_float32, tflite_float32_pixels, onnx)": "max |logit diff| <= 0.0001",
+        "float (saved_model, tflite_float32, tflite_float32_pixels, onnx, openvino)": "max |logit diff| <= 0.0001",
         "float16 (tflite_float16, tflite_float16_pixels)": "top-1 agreement 100%",
-        "int8 (tflite_dynamic_int8, tflite_int8, tflite_dynamic_int8_pixels, tflite_int8_pixels)":
+        "int8 (tflite_dynamic_int8, tflite_int8, tflite_dynamic_int8_pixels, tflite_int8_pixels, "
+        "onnx_dynamic_int8, openvino_int8)":
             "top-1 agreement >= 95%",
     }
     assert formats.FORMAT_BY_NAME["tflite_float16"].tolerance.text(0.95) == "top-1 = 100%"
