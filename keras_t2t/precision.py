@@ -220,16 +220,17 @@ def compute_dtype(model):
 
 
 # The inference path of each backend on a CPU: whether ``predict`` compiles (``jit_compile``),
-# and why. Chosen from ``python benchmarks/breakdown.py --profile`` (T2T-ViT-14, float32, batch 1
-# and 32, every path interleaved; benchmarks/measured/2026-12-07-profile-t2t_vit_14.md), which also
-# timed ``keras.ops.dot_product_attention`` against ``layers.attend``: on no backend was it faster
-# (TensorFlow and JAX lower it to the same einsums and softmax, torch already runs its fused kernel
-# through it), so the attention stays as it is.
+# and why. Chosen from the quiet-machine run of ``python benchmarks/engines.py`` (T2T-ViT-14,
+# float32, every engine interleaved over 5 rounds, Keras' ``predict_on_batch``; docs/deploy_cpu.md),
+# which times TensorFlow with and without XLA side by side. ``python benchmarks/breakdown.py
+# --profile`` (per part, on a loaded machine: benchmarks/measured/2026-12-07-profile-t2t_vit_14.md)
+# had put TensorFlow's own kernels first; the quiet run reversed that, at both batches. The profile
+# also timed ``keras.ops.dot_product_attention`` against ``layers.attend``: it was faster on no
+# backend, so the attention stays as it is.
 INFERENCE_PATHS = {
-    "tensorflow": (False, "TensorFlow's own kernels (oneDNN) ran T2T-ViT-14 in float32 at 0.80x "
-                          "the time of XLA at batch 32 (4351 vs 5439 ms, loaded machine) and no slower at "
-                          "batch 1 (91 vs 117 ms); its T2T module at 0.73x (632 vs 862 ms); bfloat16 reaches "
-                          "oneDNN's bfloat16 matmul only without XLA"),
+    "tensorflow": (True, "XLA ran T2T-ViT-14 in float32 at 1.12x the speed of TensorFlow's own kernels at "
+                         "batch 32 (32.2 vs 28.8 img/s) and 1.34x at batch 1 (33.4 vs 44.7 ms), 2-core AMD "
+                         "EPYC with AVX512_BF16, quiet, 2026-12-07"),
     "jax": (True, "JAX runs a model op by op without jit; XLA is its compiler"),
     "torch": (False, "torch.compile hits dynamo's recompile limit on Keras' functional model (8 recompiles "
                       "in Functional.call) and falls back to eager after minutes of compiling; eager runs "
@@ -254,6 +255,7 @@ def recommended_inference(backend=None, batch_size=None, dtype="float32", explai
         raise ValueError(f"batch_size must be a positive number of images or None; got {batch_size!r}.")
     jit_compile, reason = INFERENCE_PATHS[backend]
     if backend == "tensorflow" and keras.backend.standardize_dtype(dtype) == "bfloat16":
+        jit_compile = False
         reason = "a bfloat16 model on TensorFlow reaches oneDNN's bfloat16 matmul only without XLA"
     batch = "any batch" if batch_size is None else f"batch {int(batch_size)}"
     choice = {"jit_compile": jit_compile}
