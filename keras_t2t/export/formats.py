@@ -142,6 +142,21 @@ def _tflite_formats(pixels):
     )
 
 
+def _openvino(quantized):
+    """``openvino`` (float32, any batch) or ``openvino_int8`` (NNCF, calibrated): an IR folder."""
+    return ExportFormat(
+        name="openvino_int8" if quantized else "openvino",
+        file="openvino_int8" if quantized else "openvino",
+        write=write_openvino_int8 if quantized else write_openvino,
+        runner=openvino_runner,
+        tolerance=INT8_TOP1 if quantized else FLOAT_EXACT,
+        is_directory=True,
+        reads_saved_model=True,
+        needs_calibration=quantized,
+        inspect=functools.partial(inspect_openvino, quantized=quantized),
+    )
+
+
 FORMAT_SPECS = (
     ExportFormat(
         name="saved_model",
@@ -160,27 +175,8 @@ FORMAT_SPECS = (
     ExportFormat(name="onnx_dynamic_int8", file="model_dynamic_int8.onnx", write=write_onnx_dynamic_int8,
                  runner=onnx_runner, tolerance=INT8_TOP1),
     # OpenVINO IR folders (model.xml + model.bin), converted from the SavedModel; run in float32 on the CPU.
-    ExportFormat(
-        name="openvino",
-        file="openvino",
-        write=write_openvino,
-        runner=openvino_runner,
-        tolerance=FLOAT_EXACT,
-        is_directory=True,
-        reads_saved_model=True,
-        inspect=functools.partial(inspect_openvino, quantized=False),
-    ),
-    ExportFormat(
-        name="openvino_int8",
-        file="openvino_int8",
-        write=write_openvino_int8,
-        runner=openvino_runner,
-        tolerance=INT8_TOP1,
-        is_directory=True,
-        reads_saved_model=True,
-        needs_calibration=True,
-        inspect=functools.partial(inspect_openvino, quantized=True),
-    ),
+    _openvino(quantized=False),
+    _openvino(quantized=True),
 )
 #: The format names, in report order.
 FORMATS = tuple(spec.name for spec in FORMAT_SPECS)
