@@ -392,10 +392,24 @@ def main(argv=None):
                              "interleaved, at --batch-sizes")
     parser.add_argument("--batch-sizes", default="1,32", help="--profile: comma-separated batch sizes")
     parser.add_argument("--rounds", type=int, default=5, help="--profile: interleaved timing rounds")
+    parser.add_argument("--paths", default=None,
+                        help="--profile: comma-separated COMPILATION+FORM pairs of this backend's PROFILE_PATHS "
+                             "(default: all), e.g. eager+as_now,eager+matmul")
     args = parser.parse_args(argv)
     if args.profile:
         sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-        report = profile(args.variant, sizes, args.image_size, args.rounds)
+        paths = None
+        if args.paths:
+            import keras
+
+            known = {"+".join(p): p for p in PROFILE_PATHS[keras.backend.backend()]}
+            wanted = [p for p in args.paths.split(",") if p]
+            unknown = [p for p in wanted if p not in known]
+            if unknown or not wanted:
+                parser.error(f"unknown --paths {', '.join(unknown) or '(none)'} on {keras.backend.backend()}; "
+                             f"accepted: {', '.join(known)}")
+            paths = tuple(known[p] for p in wanted)
+        report = profile(args.variant, sizes, args.image_size, args.rounds, paths)
         print_profile(report)
         if args.output:
             from keras_t2t.io_utils import write_json_atomic
