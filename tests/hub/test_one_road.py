@@ -150,6 +150,9 @@ ALLOWED = {
     ("keras_t2t/training/__init__.py", "build_model"): "the same, re-exported",
     ("benchmarks/authors_torch.py", "load_state_dict"): "the authors' PyTorch model, the benchmark's rival",
     ("benchmarks/cases.py", "T2TViT"): "authors_torch.T2TViT, the same rival",
+    ("benchmarks/engines.py", "T2TViT"): "authors_torch.T2TViT, the engines run's anchor",
+    ("benchmarks/engines.py", "load_state_dict"): "our weights into the authors' PyTorch model, the anchor",
+    ("benchmarks/breakdown.py", "load_state_dict"): "our weights into the authors' PyTorch model, the profile's rival",
 }
 COMMAND_CODE = ["keras_t2t/cli", "keras_t2t/export", "keras_t2t/training", "keras_t2t/evaluation.py",
                 "keras_t2t/visualize.py", "benchmarks", "training", "tflite"]
