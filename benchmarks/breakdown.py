@@ -251,22 +251,6 @@ def _parts(model):
     }
 
 
-def _authors_parts(variant, weights_from):
-    """The authors' PyTorch model (``benchmarks/authors_torch.py``) as {part: (fn, input)},
-    its weights copied from ``weights_from`` (our model) so the logits can be compared."""
-    import torch
-
-    from benchmarks.authors_torch import T2TViT as AuthorsT2TViT
-    from keras_t2t.weights.mapping import to_state_dict
-
-    authors = AuthorsT2TViT(variant).eval()
-    authors.load_state_dict({k: torch.as_tensor(v) for k, v in to_state_dict(weights_from).items()})
-    return authors, {
-        "model": (lambda im: authors(im.permute(0, 3, 1, 2)), "images"),
-        "t2t_module": (lambda im: authors.tokens_to_token(im.permute(0, 3, 1, 2)), "images"),
-    }
-
-
 def _call_seconds(fn, arg, calls):
     """Mean wall time of ``calls`` calls of ``fn(arg)``, each result brought to NumPy."""
     import keras
@@ -310,7 +294,7 @@ def profile(variant="t2t_vit_14", batch_sizes=(1, 32), image_size=224, rounds=5,
 
         authors_model = AuthorsT2TViT(variant, image_size=image_size).eval()
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model_state_dict(model).items()}
-        authors_model.load_state_dict(state, strict=False)
+        authors_model.load_state_dict(state)  # every key, as the engines run loads it
     for batch in batch_sizes:
         inputs = {
             "images": keras.ops.convert_to_tensor(
