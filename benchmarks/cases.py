@@ -325,13 +325,22 @@ class CaseRunner:
             return timed(lambda: run(images))
 
 
+def logits_model(model):
+    """``model`` without its classifier activation (same weights): its logits, what every exported artifact
+    outputs and what agreement is measured on."""
+    if getattr(model, "classifier_activation", "x") is None:
+        return model
+    logits = model.__class__.from_config(dict(model.get_config(), classifier_activation=None))
+    logits.set_weights(model.get_weights())
+    return logits
+
+
 @functools.cache
 def _agreement_reference(path):
     """(the TRAINED model at ``path`` without its softmax, its validation digits, its float32
     logits): the same for every dtype, so computed once per process."""
     saved = resolve_model(path).model  # a .keras file, a preset folder or name: the one resolver
-    reference = saved.__class__.from_config(dict(saved.get_config(), classifier_activation=None))
-    reference.set_weights(saved.get_weights())
+    reference = logits_model(saved)
     size = int(reference.input.shape[1])
     _, (images, _) = load_digits_images(image_size=size, validation_fraction=0.2, seed=0)
     images = preprocess_input(images)

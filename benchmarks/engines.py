@@ -63,8 +63,6 @@ FAULT_ENV = "T2T_BENCH_TEST_FAULT"
 PROTOCOL = "@@ "
 # The digits-trained model (benchmarks/cases.py's AGREEMENT_MODEL; that module imports Keras).
 AGREEMENT_MODEL = os.path.join(REPO, "tests", "export", "fixtures", "digits_t2t_vit_mini", "model.keras")
-# The authors' code (benchmarks/authors_torch.CONFIGS; that module imports torch).
-AUTHORS_VARIANTS = ("t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19", "t2t_vit_24")
 RUNTIME_PACKAGES = ("keras", "tensorflow", "jax", "torch", "onnxruntime", "openvino", "nncf", "onnx", "tf2onnx",
                     "numpy")
 DIGITS_KEY = "digits"
@@ -127,15 +125,6 @@ def _timing_images(batch, image_size, seed=0):
 # --------------------------------------------------------------------------
 # The TensorFlow child: models, exports, agreement images and their reference logits
 # --------------------------------------------------------------------------
-def _logits_model(model):
-    """``model`` without its classifier activation (same weights): the logits every artifact outputs."""
-    if getattr(model, "classifier_activation", "x") is None:
-        return model
-    logits = model.__class__.from_config(dict(model.get_config(), classifier_activation=None))
-    logits.set_weights(model.get_weights())
-    return logits
-
-
 def _write_pngs(folder, images):
     from PIL import Image
 
@@ -148,6 +137,7 @@ def prepare_model(spec, formats, refresh):
     """Writes one model's folder in the cache; returns its manifest (also ``manifest.json`` there)."""
     import keras
 
+    from benchmarks.cases import AUTHORS_VARIANTS, logits_model
     from keras_t2t import create_model, preprocess_input
     from keras_t2t.data.digits import load_digits_images
     from keras_t2t.export import export_model
@@ -189,7 +179,7 @@ def prepare_model(spec, formats, refresh):
         (x_train, _), (x_val, _) = load_digits_images(image_size=size, validation_fraction=0.2, seed=0)
         count = spec["agreement_images"] or len(x_val)
         inputs = np.asarray(preprocess_input(x_val[:count]), "float32")
-        reference = np.asarray(_logits_model(model).predict(inputs, batch_size=32, verbose=0), "float32")
+        reference = np.asarray(logits_model(model).predict(inputs, batch_size=32, verbose=0), "float32")
         shutil.rmtree(calibration, ignore_errors=True)
         _write_pngs(calibration, x_train[: spec["num_calibration"]])
         np.save(inputs_path, inputs)
@@ -267,11 +257,12 @@ def need_runtime(module):
 
 
 def _keras_runner(engine, task):
+    from benchmarks.cases import logits_model
     from keras_t2t.resolve import resolve_model
 
     from keras_t2t import precision
 
-    model = _logits_model(resolve_model(task["model_path"]).model)
+    model = logits_model(resolve_model(task["model_path"]).model)
     if engine.hint == "no_xla":
         model.compile(jit_compile=False)
         info = {"jit_compile": False}
