@@ -12,6 +12,7 @@ natively and fuse them further (e.g. LayerNormalization with the residual add).
 """
 
 import importlib.util
+import logging
 import math
 import warnings
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from keras_t2t.export.serving import runtime_threads
 from keras_t2t.layers import export_tracing
+from keras_t2t.layers.common import GELU_SQRT_HALF
 
 #: tf2onnx's newest opset; the file is then converted to ``ONNX_OPSET`` by ONNX's own version converter.
 TF2ONNX_OPSET = 18
@@ -29,7 +31,7 @@ ONNX_OPSET = 20
 DYNAMIC_INT8_WEIGHTS = "QInt8"
 
 _TF2ONNX_PATCHED = False
-_SQRT_HALF = np.float32(math.sqrt(0.5))
+_SQRT_HALF = np.float32(GELU_SQRT_HALF)  # the constant layers.common.gelu multiplies by
 _SQRT_TWO = np.float32(math.sqrt(2.0))
 # Casts that change no value: a value of the key type is represented exactly in every listed type.
 _LOSSLESS_WIDENING = {
@@ -98,9 +100,16 @@ def write_onnx_dynamic_int8(path, sources):
         fused = os.path.join(scratch, "model.onnx")
         write_onnx(fused, sources)
         # Only the MatMuls with a weight (ONNX Runtime's default for dynamic quantization: MatMulConstBOnly):
-        # attention's activation x activation products stay float32.
-        quantize_dynamic(fused, path, op_types_to_quantize=["MatMul"], weight_type=QuantType[DYNAMIC_INT8_WEIGHTS],
-                         extra_options={"MatMulConstBOnly": True})
+        # attention's activation x activation products stay float32. The quantizer logs a pre-processing
+        # advice on the root logger at every call, which would land in the command's output: held back.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(fused, path, op_types_to_quantize=["MatMul"],
+                             weight_type=QuantType[DYNAMIC_INT8_WEIGHTS], extra_options={"MatMulConstBOnly": True})
+        finally:
+            root.setLevel(level)
 
 
 def onnx_runner(path):
